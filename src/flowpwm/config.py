@@ -1,0 +1,45 @@
+"""Where the Hydra configs live and how to compose them outside `@hydra.main`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad config, missing file, unknown name): the CLI prints
+    the message as one line and exits non-zero."""
+
+
+def config_dir() -> Path:
+    """Configs packaged into the wheel, else the repository's ./configs (editable install)."""
+    packaged = Path(__file__).with_name("configs")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def alg_names() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "alg").glob("*.yaml"))
+
+
+def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
+    """The config `flowpwm` commands run with, after Hydra-syntax overrides (`alg=pwm_5M`)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            return hydra_compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"config {list(overrides)}: {first} (algorithms: {', '.join(alg_names())})") from e
+
+
+def load_alg(name: str) -> DictConfig:
+    if name not in alg_names():
+        raise UserError(f"unknown alg config {name!r}: choose one of {', '.join(alg_names())} in {config_dir() / 'alg'}")
+    return compose([f"alg={name}"]).alg

@@ -1,0 +1,94 @@
+"""World-model loss shared by PWM training, the demo fit and the tests.
+
+Baseline (`WorldModel`): multi-step latent rollout from encoder(obs_0), MSE against the
+detached encoded next latents, ρ^t-weighted (ρ = γ as in PWM).
+Flow (`FlowWorldModel`): the rectified-flow loss per step, from the source latent the config
+names — `encoder` (teacher forcing: one velocity call per transition) or `rollout` (the
+model's own integrated latent, with gradient through the integration, as the baseline).
+Both add the same two-hot reward loss, evaluated on the latents the dynamics term starts from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flowpwm.config import UserError
+from flowpwm.integrators import TAU_SAMPLING, compute_flow_matching_loss
+from flowpwm.models.world_model import LatentWorldModel
+
+FLOW_SOURCES = ("encoder", "rollout")
+
+
+def compute_wm_loss(
+    wm: LatentWorldModel,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    task=None,
+    *,
+    rho: float = 0.99,
+    dynamics_coef: float = 20.0,
+    reward_coef: float = 0.1,
+    tau_sampling: str = "uniform",
+    flow_source: str = "encoder",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1) → (loss, detached metrics)."""
+    H = action.shape[0]
+    if obs.shape[0] != H + 1 or reward.shape[:2] != action.shape[:2]:
+        raise ValueError(
+            f"world-model batch shapes disagree: obs {tuple(obs.shape)}, action {tuple(action.shape)}, "
+            f"reward {tuple(reward.shape)}; expected obs (H+1, B, ·), action (H, B, ·), reward (H, B, 1)"
+        )
+    weights = rho ** torch.arange(H, device=obs.device, dtype=obs.dtype)
+    metrics: dict[str, float] = {}
+    nfe0 = getattr(wm, "nfe", 0)
+
+    if wm.kind == "flow" and flow_source == "encoder":
+        # One encoder pass over all H+1 steps; the target half is detached.
+        z_all = wm.encode(obs, task)
+        sources, targets = z_all[:-1], z_all[1:].detach()
+        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling).mean(-1)
+    elif wm.kind == "mlp" or flow_source == "rollout":
+        with torch.no_grad():
+            targets = wm.encode(obs[1:], task)
+        z, srcs, dyn = wm.encode(obs[0], task), [], []
+        for t in range(H):
+            srcs.append(z)
+            if wm.kind == "mlp":
+                z = wm.next(z, action[t], task)
+                dyn.append((z - targets[t]).pow(2).mean())
+                continue
+            f = wm.velocity_fn(action[t], task)
+            dyn.append(compute_flow_matching_loss(f, z, targets[t], tau_sampling).mean())
+            if t < H - 1:
+                z = wm.next(z, action[t], task)
+        dynamics, sources = torch.stack(dyn), torch.stack(srcs)
+    else:
+        raise ValueError(f"flow_source={flow_source!r} is unknown: use one of {list(FLOW_SOURCES)}")
+    if wm.kind == "flow":
+        metrics["nfe"] = wm.nfe - nfe0
+
+    rew = wm.reward_loss(wm.reward(sources, action, task), reward).mean(-1)
+    dynamics_loss = (dynamics * weights).sum() / H
+    reward_loss = (rew * weights).sum() / H
+    loss = dynamics_coef * dynamics_loss + reward_coef * reward_loss
+    metrics.update(
+        wm_loss=loss.item(), dynamics_loss=dynamics_loss.item(), reward_loss=reward_loss.item()
+    )
+    return loss, metrics
+
+
+def wm_loss_kwargs(alg) -> dict:
+    """`compute_wm_loss` settings from an alg config, checked before any training starts."""
+    wm = alg.world_model
+    kwargs = dict(
+        rho=float(alg.wm_loss.rho),
+        dynamics_coef=float(alg.wm_loss.dynamics_coef),
+        reward_coef=float(alg.wm_loss.reward_coef),
+        tau_sampling=wm.get("tau_sampling", "uniform"),
+        flow_source=wm.get("flow_source", "encoder"),
+    )
+    for key, valid in (("tau_sampling", TAU_SAMPLING), ("flow_source", FLOW_SOURCES)):
+        if kwargs[key] not in valid:
+            raise UserError(f"alg.world_model.{key}={kwargs[key]!r} is unknown: use one of {list(valid)}")
+    return kwargs

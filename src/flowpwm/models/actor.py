@@ -1,0 +1,34 @@
+"""PWM's stochastic actor on latent states: Mish + LayerNorm MLP for the mean, a learned
+state-independent log-std, tanh-squashed reparameterised samples."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+
+class Actor(nn.Module):
+    def __init__(self, latent_dim: int, action_dim: int, units: Sequence[int] = (400, 200, 100),
+                 init_logstd: float = -1.0, min_logstd: float = -1.427, init_gain: float = 1.0):
+        super().__init__()
+        dims = [latent_dim, *units]
+        layers: list[nn.Module] = []
+        for i in range(len(units)):
+            layers += [nn.Linear(dims[i], dims[i + 1]), nn.Mish(), nn.LayerNorm(dims[i + 1])]
+        layers.append(nn.Linear(dims[-1], action_dim))
+        self.mu_net = nn.Sequential(*layers)
+        self.logstd = nn.Parameter(torch.full((action_dim,), float(init_logstd)))
+        self.min_logstd = min_logstd
+        with torch.no_grad():
+            for p in self.mu_net.parameters():
+                p.mul_(init_gain)
+
+    def forward(self, z: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Action in (-1, 1): tanh of the mean, or of a reparameterised Gaussian sample."""
+        mu = self.mu_net(z)
+        if deterministic:
+            return torch.tanh(mu)
+        std = self.logstd.clamp(min=self.min_logstd).exp()
+        return torch.tanh(mu + std * torch.randn_like(mu))

@@ -1,0 +1,98 @@
+"""Flow-matching world model: the MLP dynamics replaced by a velocity field v_θ(z, a, τ)
+whose ODE dz/dτ = v_θ is integrated from τ=0 (current latent) to τ=1 (next latent)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from flowpwm import integrators
+from flowpwm.models.layers import mlp
+from flowpwm.models.world_model import LatentWorldModel
+
+TAU_EMBEDDINGS = ("scalar", "sinusoidal")
+
+
+def tau_features(tau: torch.Tensor, kind: str, n: int) -> torch.Tensor:
+    """Parameter-free τ features (..., n): the raw scalar, or sin/cos at n/2 octave frequencies."""
+    if kind == "scalar":
+        return tau.expand(*tau.shape[:-1], n)
+    freqs = math.pi * 2.0 ** torch.arange(n // 2, device=tau.device, dtype=tau.dtype)
+    angles = tau * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class FlowWorldModel(LatentWorldModel):
+    """Same encoder, reward head and task embedding as `WorldModel`; `next()` integrates a
+    velocity network with `integrator` ("euler" | "heun") in `substeps` steps.
+
+    The velocity output is a plain linear layer (no SimNorm/softmax: that pins the
+    flow-matching loss at a floor). With `tangent_projection` each SimNorm group of v has
+    zero sum, so integrated latents keep their group sums at 1."""
+
+    kind = "flow"
+
+    def __init__(
+        self,
+        *args,
+        velocity_units: Sequence[int],
+        integrator: str = "heun",
+        substeps: int = 2,
+        tau_embedding: str = "sinusoidal",
+        tau_features: int = 16,
+        tangent_projection: bool = True,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        integrators.check_method(integrator)
+        if tau_embedding not in TAU_EMBEDDINGS:
+            raise ValueError(f"tau_embedding={tau_embedding!r} is unknown: use one of {list(TAU_EMBEDDINGS)}")
+        if tau_embedding == "sinusoidal" and (tau_features < 2 or tau_features % 2):
+            raise ValueError(f"sinusoidal tau_features must be even and >= 2, got {tau_features}")
+        if substeps < 1:
+            raise ValueError(f"substeps must be >= 1, got {substeps}")
+        self.integrator, self.substeps = integrator, int(substeps)
+        self.tau_embedding, self.tau_dim = tau_embedding, int(tau_features)
+        self.tangent_projection = tangent_projection
+        self.velocity_units = list(velocity_units)
+        self._velocity = mlp(
+            self.latent_dim + self.action_dim + self.task_dim + self.tau_dim,
+            self.velocity_units,
+            self.latent_dim,
+        )
+        self.nfe = 0  # velocity calls so far; training logs its increments
+        self.reset_parameters()
+
+    def _condition(self, a: torch.Tensor, task) -> torch.Tensor:
+        """The part of the velocity input that is fixed along one integration: [a, task emb]."""
+        return self.task_emb(a, task)
+
+    def _velocity_from(self, z: torch.Tensor, cond: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        tau = tau.expand(*z.shape[:-1], 1)
+        v = self._velocity(torch.cat([z, cond, tau_features(tau, self.tau_embedding, self.tau_dim)], dim=-1))
+        if self.tangent_projection:
+            g = v.reshape(*v.shape[:-1], -1, self.simnorm_dim)
+            v = (g - g.mean(-1, keepdim=True)).reshape(v.shape)
+        return v
+
+    def velocity(self, z: torch.Tensor, a: torch.Tensor, tau, task=None) -> torch.Tensor:
+        """v_θ(z, a, τ); τ is a float or a tensor broadcastable to (..., 1)."""
+        tau = torch.as_tensor(tau, device=z.device, dtype=z.dtype)
+        if tau.dim() == 0 or tau.shape[-1] != 1:
+            tau = tau.unsqueeze(-1)
+        return self._velocity_from(z, self._condition(a, task), tau)
+
+    def velocity_fn(self, a: torch.Tensor, task=None):
+        """The field f(z, τ) for a fixed action, as the integrators and the FM loss take it."""
+        cond = self._condition(a, task)
+        return lambda z, tau: self._velocity_from(z, cond, tau)
+
+    def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
+        return integrators.integrate(self.velocity_fn(a, task), z, self.integrator, self.substeps)
+
+    @property
+    def nfe_per_step(self) -> int:
+        return integrators.nfe(self.integrator, self.substeps)

@@ -1,0 +1,68 @@
+"""TD-MPC2 building blocks: NormedLinear (Linear → LayerNorm → act), SimNorm, mlp()."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SimNorm(nn.Module):
+    """Simplicial normalisation: softmax over consecutive groups of `dim` entries."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], -1, self.dim)
+        return F.softmax(x, dim=-1).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class NormedLinear(nn.Linear):
+    """Linear layer followed by LayerNorm and an activation (Mish by default)."""
+
+    def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None, dropout: float = 0.0):
+        super().__init__(in_features, out_features)
+        self.ln = nn.LayerNorm(out_features)
+        self.act = act if act is not None else nn.Mish()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.act(self.ln(x))
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    last_act: nn.Module | None = None,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """Hidden NormedLinear (Mish) layers; the last layer is NormedLinear with `last_act`
+    (e.g. SimNorm) when given, else a plain Linear (unconstrained output)."""
+    dims = [in_dim, *hidden]
+    layers: list[nn.Module] = [
+        NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0) for i in range(len(hidden))
+    ]
+    layers.append(NormedLinear(dims[-1], out_dim, act=last_act) if last_act is not None else nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+def weight_init(m: nn.Module) -> None:
+    """TD-MPC2 initialisation: truncated normal (std 0.02) weights, zero biases."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.uniform_(m.weight, -0.02, 0.02)

@@ -1,0 +1,165 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from flowpwm.data.toy import SimplexMixing
+from flowpwm.integrators import compute_flow_matching_loss
+from flowpwm.losses import compute_wm_loss
+from flowpwm.models import Actor, Critic, FlowWorldModel, SimNorm, WorldModel
+from flowpwm.models import twohot
+from flowpwm.models.factory import build_world_model
+
+from helpers import batch, tiny_cfg, tiny_wm
+
+KINDS = ["mlp", "flow"]
+
+
+def small_flow(latent_dim=16, action_dim=2, **kw):
+    return FlowWorldModel(obs_dim=4, action_dim=action_dim, latent_dim=latent_dim, encoder_units=[32],
+                          units=[32, 32], simnorm_dim=8, velocity_units=kw.pop("velocity_units", [128, 128]), **kw)
+
+
+def test_flow_model_fits_a_known_latent_map_and_keeps_latents_on_the_simplex():
+    target = SimplexMixing(latent_dim=16, simnorm_dim=8, action_dim=2, seed=1)
+    wm = small_flow(integrator="heun", substeps=2, tangent_projection=True)
+    opt = torch.optim.Adam(wm._velocity.parameters(), lr=2e-3)
+    for _ in range(1500):
+        z, a = target.sample(256)
+        loss = compute_flow_matching_loss(wm.velocity_fn(a), z, target(z, a)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    z, a = target.sample(2048)
+    with torch.no_grad():
+        fm = sum(compute_flow_matching_loss(wm.velocity_fn(a), z, target(z, a)).mean() for _ in range(4)) / 4
+        pred, true = wm.next(z, a), target(z, a)
+    assert fm < 1e-3, fm
+    # The integrated next() matches the map to a small fraction of the step it takes.
+    assert (pred - true).abs().mean() < 0.05 * (true - z).abs().mean()
+    sums = pred.reshape(-1, 2, 8).sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+def test_without_projection_group_sums_are_not_enforced():
+    wm = small_flow(tangent_projection=False)
+    nn.init.normal_(wm._velocity[-1].bias, std=1.0)
+    z = torch.softmax(torch.randn(64, 2, 8), -1).reshape(64, 16)
+    sums = wm.next(z, torch.zeros(64, 2)).reshape(64, 2, 8).sum(-1)
+    assert (sums - 1).abs().max() > 1e-2
+
+
+def test_velocity_output_is_unconstrained():
+    wm = small_flow(tangent_projection=False)
+    assert isinstance(wm._velocity[-1], nn.Linear) and not hasattr(wm._velocity[-1], "ln")
+    assert not any(isinstance(m, (SimNorm, nn.Softmax)) for m in wm._velocity.modules())
+    nn.init.normal_(wm._velocity[-1].weight, std=1.0)
+    v = wm.velocity(torch.rand(256, 16), torch.rand(256, 2), 0.3)
+    assert v.min() < 0 and v.max() > 1  # no softmax could produce these
+    assert not torch.allclose(v.reshape(256, 2, 8).sum(-1), torch.ones(256, 2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_flow_from_next_back_to_the_action(kind):
+    wm = tiny_wm(kind).double()
+    z = wm.encode(torch.randn(3, 6, dtype=torch.float64)).detach()
+    a = (torch.rand(3, 2, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    wm.next(z, a).pow(2).sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    # and they are the true derivatives (finite differences agree)
+    assert torch.autograd.gradcheck(lambda a: wm.next(z, a), (a.detach().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reward_head_gives_the_actor_a_gradient_after_one_update(kind):
+    wm = tiny_wm(kind)
+    z = torch.softmax(torch.randn(16, 8, 8), -1).reshape(16, 64).requires_grad_(True)
+    a = torch.zeros(16, 2)
+    (dr0,) = torch.autograd.grad(wm.reward_value(z, a).sum(), z)
+    assert dr0.abs().max() == 0  # zero-initialised last layer: all logits equal at the start
+
+    obs, action, reward = batch()
+    assert reward.abs().min() > 0
+    opt = torch.optim.Adam(wm.parameters(), lr=3e-4)
+    loss, _ = compute_wm_loss(wm, obs, action, reward)
+    loss.backward()
+    opt.step()
+    (dr1,) = torch.autograd.grad(wm.reward_value(z, a).sum(), z)
+    assert torch.isfinite(dr1).all() and dr1.abs().max() > 0
+
+
+@pytest.mark.parametrize("kind,source", [("mlp", None), ("flow", "encoder"), ("flow", "rollout")])
+def test_wm_loss_trains_every_module_and_reports_finite_metrics(kind, source):
+    wm = tiny_wm(kind)
+    obs, action, reward = batch(H=5)
+    kwargs = {"flow_source": source} if source else {}
+    loss, m = compute_wm_loss(wm, obs, action, reward, **kwargs)
+    loss.backward()
+    dyn = wm._velocity if kind == "flow" else wm._dynamics
+    for module in (wm._encoder, dyn, wm._reward):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(isinstance(v, (int, float)) and v == v for v in m.values())
+    assert m["wm_loss"] == pytest.approx(20.0 * m["dynamics_loss"] + 0.1 * m["reward_loss"], rel=1e-5)
+
+
+def test_flow_sources_cost_what_the_design_says():
+    wm = tiny_wm("flow", integrator="heun", substeps=2)
+    H = 6
+    obs, action, reward = batch(H=H)
+    _, enc = compute_wm_loss(wm, obs, action, reward, flow_source="encoder")
+    _, roll = compute_wm_loss(wm, obs, action, reward, flow_source="rollout")
+    assert enc["nfe"] == 1  # one batched velocity call for all H transitions
+    assert roll["nfe"] == H + (H - 1) * wm.nfe_per_step
+    with pytest.raises(ValueError, match="rollout"):
+        compute_wm_loss(wm, obs, action, reward, flow_source="decoder")
+
+
+def test_wm_loss_rejects_mismatched_shapes():
+    wm = tiny_wm("mlp")
+    obs, action, reward = batch(H=4)
+    with pytest.raises(ValueError, match="H\\+1"):
+        compute_wm_loss(wm, obs[:-1], action, reward)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_multitask_embedding_is_trained_and_masks_pad_actions(kind):
+    wm = build_world_model(tiny_cfg(kind, task_dim=8), 6, 3, num_tasks=3, action_dims=[1, 2, 3])
+    assert any(p is wm._task_emb.weight for p in wm.parameters())
+    a = torch.ones(3, 3)
+    assert wm.mask_action(a, torch.tensor([0, 1, 2])).tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    obs, action, reward = batch(H=3, B=6, obs_dim=6, action_dim=3)
+    task = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, _ = compute_wm_loss(wm, obs, action, reward, task)
+    loss.backward()
+    assert wm._task_emb.weight.grad.abs().sum() > 0
+    # a different task gives a different latent for the same observation
+    z = wm.encode(obs[0, :1].expand(2, 6), torch.tensor([0, 1]))
+    assert not torch.allclose(z[0], z[1])
+
+
+def test_two_hot_round_trip_and_normalisation():
+    x = torch.tensor([[-50.0], [-1.3], [0.0], [0.25], [7.0], [800.0]])
+    t = twohot.two_hot(x, 101, -10.0, 10.0)
+    assert torch.allclose(t.sum(-1), torch.ones(6)) and (t >= 0).all()
+    back = twohot.two_hot_inv(torch.log(t + 1e-12), 101, -10.0, 10.0)
+    assert torch.allclose(back, x, rtol=1e-3, atol=1e-3)
+
+
+def test_actor_and_critic_shapes_and_ranges():
+    actor, critic = Actor(64, 3, units=[32, 16]), Critic(64, units=[32, 16], num_critics=3)
+    z = torch.randn(10, 64, requires_grad=True)
+    a = actor(z)
+    assert a.shape == (10, 3) and a.abs().max() < 1
+    assert torch.equal(actor(z, deterministic=True), actor(z, deterministic=True))
+    assert not torch.equal(actor(z), actor(z))
+    v = critic(z)
+    assert v.shape == (3, 10, 1) and torch.equal(critic.min_value(z), v.min(0).values)
+    a.sum().backward()
+    assert z.grad.abs().sum() > 0
+
+
+def test_baseline_dynamics_ends_in_simnorm():
+    wm = tiny_wm("mlp")
+    z = wm.next(torch.rand(5, 64), torch.rand(5, 2))
+    assert isinstance(wm, WorldModel)
+    assert torch.allclose(z.reshape(5, 8, 8).sum(-1), torch.ones(5, 8), atol=1e-5)
