@@ -1,4 +1,4 @@
-"""`flowpwm <command>`: demo | fit-wm | parity."""
+"""`flowpwm <command>`: train | demo | fit-wm | parity."""
 
 from __future__ import annotations
 
@@ -9,10 +9,57 @@ from flowpwm.config import UserError
 USAGE = """usage: flowpwm <command> [args]
 
 commands:
+  train [k=v ...]    PWM online training (Hydra overrides; wm=mlp|flow picks the world model,
+                     e.g. `flowpwm train wm=mlp seed=1`, `flowpwm train -m seed=1,2,3`)
   demo               the default job (fit-wm with the default config)
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   parity [options]   baseline vs flow parameter counts (--help for options)
 """
+
+
+def translate_wm(args: list[str]) -> list[str]:
+    """`wm=mlp|flow` picks the baseline or flow config of the chosen size, nothing else
+    changed: (alg=pwm_5M, wm=flow) -> alg=pwm_5M_flow. Comma lists sweep (`wm=mlp,flow`)."""
+    wm = [a for a in args if a.startswith("wm=")]
+    if not wm:
+        return args
+    from flowpwm.config import compose
+
+    alg = next((a.split("=", 1)[1] for a in args if a.startswith("alg=")), None) or compose().alg.name
+    if "," in alg:
+        raise UserError(f"alg={alg}: sweep one of alg or wm, not both")
+    base = alg.removesuffix("_flow")
+    names = []
+    for kind in wm[-1].split("=", 1)[1].split(","):
+        if kind not in ("mlp", "flow"):
+            raise UserError(f"wm={kind!r} is unknown: use wm=mlp or wm=flow")
+        names.append(base if kind == "mlp" else f"{base}_flow")
+    return [a for a in args if not a.startswith(("wm=", "alg="))] + [f"alg={','.join(names)}"]
+
+
+def _train(args: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from flowpwm.config import config_dir
+
+    args = translate_wm(args)
+
+    @hydra.main(version_base=None, config_path=str(config_dir()), config_name="config")
+    def hydra_train(cfg: DictConfig) -> float:
+        from hydra.core.hydra_config import HydraConfig
+
+        from flowpwm.training.online import train
+
+        try:
+            return train(cfg, HydraConfig.get().runtime.output_dir)["eval_return"]
+        except UserError as e:  # inside Hydra's job: report here, one line
+            print(f"flowpwm train: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+
+    sys.argv = ["flowpwm train", *args]
+    hydra_train()
+    return 0
 
 
 def _fit_wm(args: list[str]) -> int:
@@ -29,7 +76,7 @@ def _parity(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity}
+COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity}
 
 
 def run_command(command: str, args: list[str]) -> int:

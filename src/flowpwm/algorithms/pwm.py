@@ -1,0 +1,196 @@
+"""PWM: a policy trained with first-order gradients through a learned latent world model.
+
+Per epoch the trainer calls `update_world_model` on replay slices, then `update_policy` on
+real start states: the actor loss rolls the world model (MLP or flow, whichever the config
+builds) H steps forward, sums discounted predicted rewards and bootstraps with the minimum
+over the critic ensemble; the critic regresses TD(λ) targets of that imagined trajectory.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from flowpwm.algorithms.running_stats import RunningMeanStd
+from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
+from flowpwm.models.actor import Actor
+from flowpwm.models.critic import Critic
+from flowpwm.models.factory import build_world_model
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """No parameter gradients for these modules (inputs still get theirs): the actor's
+    backward pass skips the world model's and critic's weights."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def grad_norm(params) -> float:
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm().item() if grads else 0.0
+
+
+class PWM:
+    def __init__(self, alg: DictConfig, obs_dim: int, action_dim: int, device="cpu",
+                 num_tasks: int = 1, action_dims=None):
+        self.cfg, self.device = alg, torch.device(device)
+        self.horizon, self.gamma, self.lam = int(alg.horizon), float(alg.gamma), float(alg.lam)
+        self.loss_kwargs = wm_loss_kwargs(alg)
+        self.wm = build_world_model(alg.world_model, obs_dim, action_dim, num_tasks, action_dims).to(self.device)
+        latent = int(alg.world_model.latent_dim)
+        self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
+                           min_logstd=alg.actor.min_logstd).to(self.device)
+        self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
+        # wm.parameters() includes the task embedding (a trap in public forks).
+        self.wm_opt = torch.optim.Adam(self.wm.parameters(), lr=alg.model_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=alg.actor_lr, betas=(0.7, 0.95))
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=alg.critic_lr, betas=(0.7, 0.95))
+        self.ret_rms = RunningMeanStd(device=self.device) if alg.ret_rms else None
+
+    # -- world model ------------------------------------------------------------------------
+    def compute_wm_loss(self, obs, action, reward, task=None):
+        """MLP: multi-step latent rollout loss; flow: flow-matching loss (see losses.py)."""
+        return compute_wm_loss(self.wm, obs, action, reward, task, **self.loss_kwargs)
+
+    def update_world_model(self, obs, action, reward, task=None) -> dict[str, float]:
+        loss, metrics = self.compute_wm_loss(obs, action, reward, task)
+        self.wm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), self.cfg.wm_grad_norm).item()
+        self.wm_opt.step()
+        return metrics
+
+    # -- actor ------------------------------------------------------------------------------
+    def compute_actor_loss(self, obs0: torch.Tensor, task=None):
+        """Imagined H-step return from real start states, normalised by the running return std.
+
+        Returns (loss, imagined latents (H, B, L), rewards (H, B), bootstrap values (H, B)),
+        the last three detached for the critic's TD(λ) targets."""
+        with torch.no_grad():
+            z = self.wm.encode(obs0, task)
+        zs, rews, values = [], [], []
+        ret = torch.zeros(obs0.shape[0], device=self.device)
+        with frozen(self.wm, self.critic):
+            for t in range(self.horizon):
+                zs.append(z.detach())
+                a = self.wm.mask_action(self.actor(z.detach() if self.cfg.detach else z), task)
+                r = self.wm.reward_value(z, a, task).squeeze(-1)
+                z = self.wm.next(z, a, task)
+                v = self.critic.min_value(z).squeeze(-1)
+                ret = ret + self.gamma ** t * r
+                rews.append(r.detach())
+                values.append(v.detach())
+            ret = ret + self.gamma ** self.horizon * v
+        if self.ret_rms is not None:
+            self.ret_rms.update(ret)
+            loss = -(ret / self.ret_rms.std.float()).mean()
+        else:
+            loss = -(ret / self.horizon).mean()
+        return loss, torch.stack(zs), torch.stack(rews), torch.stack(values), ret.detach()
+
+    @torch.no_grad()
+    def td_lambda_targets(self, rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """G_t = r_t + γ((1-λ) V(z_{t+1}) + λ G_{t+1}), G_{H-1} = r_{H-1} + γ V(z_H)."""
+        targets = torch.empty_like(rewards)
+        g = values[-1]
+        for t in reversed(range(self.horizon)):
+            g = rewards[t] + self.gamma * ((1 - self.lam) * values[t] + self.lam * g) if t < self.horizon - 1 \
+                else rewards[t] + self.gamma * values[t]
+            targets[t] = g
+        return targets
+
+    def update_critic(self, zs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        z, y = zs.reshape(-1, zs.shape[-1]), targets.reshape(-1, 1)
+        n, batches = z.shape[0], int(self.cfg.critic_batches)
+        losses, norms = [], []
+        for _ in range(int(self.cfg.critic_iterations)):
+            for idx in torch.randperm(n, device=self.device).chunk(batches):
+                loss = (self.critic(z[idx]) - y[idx]).pow(2).mean()
+                self.critic_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                norms.append(nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.critic_grad_norm).item())
+                self.critic_opt.step()
+                losses.append(loss.item())
+        return {"critic_loss": sum(losses) / len(losses), "critic_grad_norm": sum(norms) / len(norms)}
+
+    def update_policy(self, obs0: torch.Tensor, task=None) -> dict[str, float]:
+        """One actor step and `critic_iterations` critic passes on the same imagined rollout."""
+        loss, zs, rews, values, ret = self.compute_actor_loss(obs0, task)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_norm).item()
+        if not torch.isfinite(torch.tensor(norm)):
+            raise FloatingPointError("actor gradient is not finite")
+        self.actor_opt.step()
+        metrics = {"actor_loss": loss.item(), "actor_grad_norm": norm, "imagined_return": ret.mean().item(),
+                   "imagined_reward": rews.mean().item(), "action_std": self.actor.logstd.exp().mean().item()}
+        metrics.update(self.update_critic(zs, self.td_lambda_targets(rews, values)))
+        return metrics
+
+    def update(self, obs, action, reward, task=None) -> dict[str, float]:
+        """Offline step on one batch of slices: world model, then actor and critic from obs[0]."""
+        metrics = self.update_world_model(obs, action, reward, task)
+        metrics.update(self.update_policy(obs[0], task))
+        return metrics
+
+    # -- acting -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False, task=None) -> torch.Tensor:
+        z = self.wm.encode(obs.to(self.device), task)
+        return self.wm.mask_action(self.actor(z, deterministic), task)
+
+    @torch.no_grad()
+    def eval(self, env, episodes: int, seed: int, task=None) -> dict[str, float]:
+        """Deterministic policy in the real environment; returns the env's episode returns
+        (never the model's), run with `env.num_envs` episodes in parallel."""
+        returns: list[float] = []
+        obs = env.reset(seed=seed)
+        ep_ret = torch.zeros(env.num_envs)
+        while len(returns) < episodes:
+            obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=True, task=task).cpu())
+            ep_ret += reward
+            for i in torch.nonzero(terminated | truncated).flatten().tolist():
+                returns.append(ep_ret[i].item())
+                ep_ret[i] = 0.0
+        returns = returns[:episodes]
+        return {"eval_return": sum(returns) / len(returns), "eval_return_min": min(returns),
+                "eval_return_max": max(returns), "eval_episodes": len(returns)}
+
+    # -- learning-rate schedule and checkpoints ---------------------------------------------
+    def set_progress(self, progress: float) -> None:
+        """Linear decay from each initial LR to `min_lr` as progress goes 0 → 1."""
+        if self.cfg.lr_schedule != "linear":
+            return
+        p = min(max(progress, 0.0), 1.0)
+        for opt, lr0 in ((self.wm_opt, self.cfg.model_lr), (self.actor_opt, self.cfg.actor_lr),
+                         (self.critic_opt, self.cfg.critic_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr0 + (self.cfg.min_lr - lr0) * p
+
+    def state_dict(self) -> dict:
+        return {"world_model": self.wm.state_dict(), "actor": self.actor.state_dict(),
+                "critic": self.critic.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "ret_rms": self.ret_rms.state_dict() if self.ret_rms else None, "wm_nfe": getattr(self.wm, "nfe", 0)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.wm.load_state_dict(d["world_model"])
+        self.actor.load_state_dict(d["actor"])
+        self.critic.load_state_dict(d["critic"])
+        self.wm_opt.load_state_dict(d["wm_opt"])
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.critic_opt.load_state_dict(d["critic_opt"])
+        if self.ret_rms is not None and d["ret_rms"] is not None:
+            self.ret_rms.load_state_dict(d["ret_rms"])
+        if hasattr(self.wm, "nfe"):
+            self.wm.nfe = d.get("wm_nfe", 0)

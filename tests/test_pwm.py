@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from flowpwm.algorithms.pwm import PWM
+from flowpwm.config import compose
+
+
+def agent(kind="flow", obs_dim=6, action_dim=2, **over):
+    alg = compose([f"alg={'pwm_tiny_flow' if kind == 'flow' else 'pwm_tiny'}"]
+                  + [f"alg.{k}={v}" for k, v in over.items()]).alg
+    return PWM(alg, obs_dim, action_dim)
+
+
+def test_td_lambda_targets_match_the_lambda_return_definition():
+    a = agent(horizon=5, gamma=0.9, lam=0.7)
+    H, g, lam = 5, 0.9, 0.7
+    r, v = torch.randn(H, 3), torch.randn(H, 3)  # v[t] = V(z_{t+1})
+
+    def n_step(t, n):
+        return sum(g ** k * r[t + k] for k in range(n)) + g ** n * v[t + n - 1]
+
+    for t in range(H):
+        N = H - t
+        expected = (1 - lam) * sum(lam ** (n - 1) * n_step(t, n) for n in range(1, N)) + lam ** (N - 1) * n_step(t, N)
+        assert torch.allclose(a.td_lambda_targets(r, v)[t], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "flow"])
+def test_actor_loss_trains_only_the_actor_through_the_world_model(kind):
+    a = agent(kind, horizon=4)
+    obs0 = torch.randn(16, 6)
+    wm_before = [p.clone() for p in a.wm.parameters()]
+    critic_before = [p.clone() for p in a.critic.parameters()]
+    loss, zs, rews, values, ret = a.compute_actor_loss(obs0)
+    loss.backward()
+    assert all(p.grad is None for p in a.wm.parameters())
+    assert all(p.grad is None for p in a.critic.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in a.actor.mu_net.parameters())
+    assert zs.shape == (4, 16, 64) and rews.shape == values.shape == (4, 16)
+    m = a.update_policy(obs0)
+    assert all(torch.equal(p, q) for p, q in zip(a.wm.parameters(), wm_before))
+    assert not all(torch.equal(p, q) for p, q in zip(a.critic.parameters(), critic_before))
+    assert all(v == v for v in m.values())
+
+
+def test_flow_settings_reach_next_in_the_actor_rollout():
+    a = agent("flow", horizon=3, **{"world_model.integrator": "euler", "world_model.substeps": 3})
+    n0 = a.wm.nfe
+    a.compute_actor_loss(torch.randn(4, 6))
+    assert a.wm.nfe - n0 == 3 * 3  # H steps x K euler calls
+
+
+def test_linear_lr_decay_reaches_min_lr():
+    a = agent()
+    a.set_progress(0.0)
+    assert a.actor_opt.param_groups[0]["lr"] == pytest.approx(a.cfg.actor_lr)
+    a.set_progress(1.0)
+    for opt in (a.wm_opt, a.actor_opt, a.critic_opt):
+        assert opt.param_groups[0]["lr"] == pytest.approx(a.cfg.min_lr)
