@@ -27,3 +27,45 @@ def test_bad_input_gives_one_clear_line_and_nonzero_exit():
         r = flowpwm(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and hint in lines[0], (args, r.stderr)
+
+
+def test_results_table_reads_run_directories(tmp_path):
+    import json
+
+    for name, seed, curve in [("a", 0, [(1000, 10.0), (2000, 50.0)]), ("b", 1, [(1000, 30.0), (2000, 70.0)])]:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"seed: {seed}\n")
+        lines = [json.dumps({"epoch": i, "env_steps": s, "eval_return": r}) for i, (s, r) in enumerate(curve)]
+        (d / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 9, "env_st')  # killed mid-write
+    r = flowpwm("results", "--group", "flow", str(tmp_path / "a"), str(tmp_path / "b"), "--steps", "1500", "2000")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| flow"))
+    assert "| 0, 1 |" in row and "20 (10, 30)" in row and "60 (50, 70)" in row
+    bad = flowpwm("results", "--group", "x", str(tmp_path))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_wm_override_picks_the_paired_config_and_nothing_else():
+    from flowpwm.cli import translate_wm
+
+    assert translate_wm(["wm=mlp", "seed=3"]) == ["seed=3", "alg=pwm_tiny"]
+    assert translate_wm(["alg=pwm_5M", "wm=flow"]) == ["alg=pwm_5M_flow"]
+    assert translate_wm(["alg=pwm_48M_flow", "wm=mlp,flow"]) == ["alg=pwm_48M,pwm_48M_flow"]
+    assert translate_wm(["seed=1"]) == ["seed=1"]
+
+
+def test_train_through_hydra_writes_a_run_directory(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "flowpwm.cli", "train", "wm=mlp", "train.env_steps=120", "train.seed_steps=80",
+         "train.pretrain_iterations=1", "train.eval_episodes=1", "env.num_envs=2", "train.steps_per_epoch=4",
+         "alg.horizon=4", "alg.policy_iterations=1", "alg.wm_iterations=1", "train.threads=1",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert "final eval return" in r.stdout and "pwm_tiny (mlp)" in r.stdout
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+    bad = subprocess.run([sys.executable, "-m", "flowpwm.cli", "train", "env.task=cartpole-swingupp",
+                          f"hydra.run.dir={tmp_path}/bad"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "cartpole-swingup," in bad.stderr
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from flowpwm.data.toy import SimplexMixing
-from flowpwm.integrators import compute_flow_matching_loss
+from flowpwm.integrators import compute_flow_matching_loss, integrate
 from flowpwm.losses import compute_wm_loss
 from flowpwm.models import Actor, Critic, FlowWorldModel, SimNorm, WorldModel
 from flowpwm.models import twohot
@@ -163,3 +163,27 @@ def test_baseline_dynamics_ends_in_simnorm():
     z = wm.next(torch.rand(5, 64), torch.rand(5, 2))
     assert isinstance(wm, WorldModel)
     assert torch.allclose(z.reshape(5, 8, 8).sum(-1), torch.ones(5, 8), atol=1e-5)
+
+
+def test_critic_members_are_independent_value_functions():
+    critic = Critic(8, units=[16], num_critics=2)
+    z = torch.randn(4, 5, 8)
+    v = critic(z)
+    assert v.shape == (2, 4, 5, 1) and not torch.allclose(v[0], v[1])
+    # member 0's value depends only on member 0's weights
+    (v[0].sum()).backward()
+    assert critic.net[0].weight.grad[1].abs().sum() == 0 and critic.net[0].weight.grad[0].abs().sum() > 0
+    # each row is computed independently of the others in the batch
+    assert torch.allclose(critic(z[:1]), v[:, :1], atol=1e-6)
+
+
+def test_simplex_retraction_keeps_integrated_latents_on_the_simplex():
+    wm = small_flow(tangent_projection=True, simplex_retraction=True)
+    nn.init.normal_(wm._velocity[-1].weight, std=1.0)  # a wild field: raw integration leaves the simplex
+    z = torch.softmax(torch.randn(64, 2, 8), -1).reshape(64, 16)
+    a = torch.rand(64, 2)
+    raw = integrate(wm.velocity_fn(a), z, wm.integrator, wm.substeps)
+    assert raw.min() < 0
+    out = wm.next(z, a).reshape(64, 2, 8)
+    assert out.min() >= 0 and torch.allclose(out.sum(-1), torch.ones(64, 2), atol=1e-5)
+    assert torch.allclose(wm.retract(z), z, atol=1e-6)  # identity on the simplex

@@ -14,6 +14,7 @@ commands:
   demo               the default job (fit-wm with the default config)
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   parity [options]   baseline vs flow parameter counts (--help for options)
+  results [options]  eval return vs env steps for groups of runs (--help for options)
 """
 
 
@@ -76,7 +77,13 @@ def _parity(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity}
+def _results(args: list[str]) -> int:
+    from flowpwm.analysis.runs import main
+
+    return main(args)
+
+
+COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity, "results": _results}
 
 
 def run_command(command: str, args: list[str]) -> int:

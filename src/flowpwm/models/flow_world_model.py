@@ -30,7 +30,8 @@ class FlowWorldModel(LatentWorldModel):
 
     The velocity output is a plain linear layer (no SimNorm/softmax: that pins the
     flow-matching loss at a floor). With `tangent_projection` each SimNorm group of v has
-    zero sum, so integrated latents keep their group sums at 1."""
+    zero sum, so integrated latents keep their group sums at 1; `simplex_retraction` also
+    clips the integrated latent back onto the simplex (no negative entries)."""
 
     kind = "flow"
 
@@ -43,6 +44,7 @@ class FlowWorldModel(LatentWorldModel):
         tau_embedding: str = "sinusoidal",
         tau_features: int = 16,
         tangent_projection: bool = True,
+        simplex_retraction: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -55,7 +57,7 @@ class FlowWorldModel(LatentWorldModel):
             raise ValueError(f"substeps must be >= 1, got {substeps}")
         self.integrator, self.substeps = integrator, int(substeps)
         self.tau_embedding, self.tau_dim = tau_embedding, int(tau_features)
-        self.tangent_projection = tangent_projection
+        self.tangent_projection, self.simplex_retraction = tangent_projection, simplex_retraction
         self.velocity_units = list(velocity_units)
         self._velocity = mlp(
             self.latent_dim + self.action_dim + self.task_dim + self.tau_dim,
@@ -91,7 +93,15 @@ class FlowWorldModel(LatentWorldModel):
         return lambda z, tau: self._velocity_from(z, cond, tau)
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
-        return integrators.integrate(self.velocity_fn(a, task), z, self.integrator, self.substeps)
+        z = integrators.integrate(self.velocity_fn(a, task), z, self.integrator, self.substeps)
+        return self.retract(z) if self.simplex_retraction else z
+
+    def retract(self, z: torch.Tensor) -> torch.Tensor:
+        """Back onto the SimNorm simplices: clip negatives, renormalise each group. The exact
+        flow between two simplex points never leaves the simplex, so this removes only
+        integration/model error, which otherwise compounds over an open-loop rollout."""
+        g = z.reshape(*z.shape[:-1], -1, self.simnorm_dim).clamp(min=0)
+        return (g / g.sum(-1, keepdim=True).clamp(min=1e-8)).reshape(z.shape)
 
     @property
     def nfe_per_step(self) -> int:

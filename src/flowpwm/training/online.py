@@ -4,6 +4,7 @@ then per epoch collect → world-model updates → actor/critic update → (eval
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -18,6 +19,27 @@ from flowpwm.envs import make_env
 from flowpwm.training.rundir import RunDir
 
 
+def rss_mib() -> float:
+    """Resident memory of this process now (Linux), else its peak (ru_maxrss)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def averaged(updates) -> dict[str, float]:
+    """Mean of each metric over several updates' metric dicts."""
+    sums, n = {}, 0
+    for metrics in updates:
+        n += 1
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / n for k, v in sums.items()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -30,11 +52,12 @@ class OnlineTrainer:
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
         seed_everything(cfg.seed)
-        self.run = RunDir(run_dir)
-        self.run.save_config(cfg)
+        # Bad task or config names fail here, before anything is written.
         self.env = make_env(cfg.env.task, int(cfg.env.num_envs), seed=cfg.seed)
         self.eval_env = make_env(cfg.env.task, min(int(cfg.train.eval_episodes), 8), seed=cfg.seed + 10_000)
         self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device)
+        self.run = RunDir(run_dir)
+        self.run.save_config(cfg)
         self.buffer = ReplayBuffer(int(cfg.train.buffer_size), self.env.num_envs, self.env.obs_dim,
                                    self.env.action_dim, device=cfg.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -61,11 +84,13 @@ class OnlineTrainer:
         return b["obs"], b["action"], b["reward"]
 
     def update_world_model(self, iterations: int) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        for _ in range(iterations):
-            for k, v in self.agent.update_world_model(*self.sample(int(self.cfg.alg.wm_batch_size))).items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / iterations for k, v in sums.items()}
+        batch = int(self.cfg.alg.wm_batch_size)
+        return averaged(self.agent.update_world_model(*self.sample(batch)) for _ in range(iterations))
+
+    def update_policy(self, iterations: int) -> dict[str, float]:
+        """Actor + critic updates, each from fresh real start states."""
+        batch = int(self.cfg.alg.actor_batch_size)
+        return averaged(self.agent.update_policy(self.sample(batch)[0][0]) for _ in range(iterations))
 
     # -- loop ---------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -93,8 +118,7 @@ class OnlineTrainer:
             self.agent.set_progress((self.epoch - 1) / self.total_epochs)
             self.collect(int(cfg.train.steps_per_epoch))
             record = self.update_world_model(int(cfg.alg.wm_iterations))
-            obs0 = self.sample(int(cfg.alg.actor_batch_size))[0][0]
-            record.update(self.agent.update_policy(obs0))
+            record.update(self.update_policy(int(cfg.alg.policy_iterations)))
             final = self.epoch == self.total_epochs
             if self.epoch % int(cfg.train.eval_every) == 0 or final:
                 record.update(self.evaluate())
@@ -103,7 +127,8 @@ class OnlineTrainer:
                             f"actor {record['actor_loss']:.3f}  ({time.perf_counter() - start:.0f}s)")
                 last = record
             self.wall_time = time.perf_counter() - start
-            self.run.log({"epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time, **record})
+            self.run.log({"epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
+                          "rss_mib": rss_mib(), **record})
             if self.epoch % int(cfg.train.checkpoint_every) == 0 or final:
                 self.checkpoint()
         return {"eval_return": last.get("eval_return", float("nan")), "env_steps": self.env_steps,
