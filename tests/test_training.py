@@ -76,3 +76,16 @@ def test_no_nan_or_inf_in_any_logged_loss_over_a_short_run(kind, tmp_path):
     for rec in records:
         for k, v in rec.items():
             assert isinstance(v, (int, float)) and math.isfinite(v), (k, v)
+
+
+def test_diagnose_reports_open_loop_errors_from_a_checkpoint(tmp_path, capsys):
+    from flowpwm.analysis.diagnostics import load_agent, main, open_loop_errors
+
+    train(cfg_for("flow"), tmp_path, log=lambda *_: None)
+    assert main([str(tmp_path), "--slices", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| 4 |" in out and "critic value" in out
+    agent, buffer, _ = load_agent(tmp_path)
+    b = buffer.sample(16, agent.horizon, generator=torch.Generator().manual_seed(0))
+    r = open_loop_errors(agent, b["obs"], b["action"], b["reward"])
+    assert len(r["latent_mse"]) == agent.horizon and all(math.isfinite(x) for x in r["latent_mse"])

@@ -15,6 +15,7 @@ commands:
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   parity [options]   baseline vs flow parameter counts (--help for options)
   results [options]  eval return vs env steps for groups of runs (--help for options)
+  diagnose RUN_DIR   open-loop world-model errors vs horizon from a run's checkpoint
 """
 
 
@@ -83,7 +84,13 @@ def _results(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity, "results": _results}
+def _diagnose(args: list[str]) -> int:
+    from flowpwm.analysis.diagnostics import main
+
+    return main(args)
+
+
+COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity, "results": _results, "diagnose": _diagnose}
 
 
 def run_command(command: str, args: list[str]) -> int:

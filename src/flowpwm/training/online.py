@@ -119,6 +119,10 @@ class OnlineTrainer:
             self.collect(int(cfg.train.steps_per_epoch))
             record = self.update_world_model(int(cfg.alg.wm_iterations))
             record.update(self.update_policy(int(cfg.alg.policy_iterations)))
+            bad = sorted(k for k, v in record.items() if not math.isfinite(v))
+            if bad:
+                raise FloatingPointError(f"non-finite {', '.join(bad)} at epoch {self.epoch} ({self.env_steps} env "
+                                         f"steps); the last good checkpoint is {self.run.latest_checkpoint}")
             final = self.epoch == self.total_epochs
             if self.epoch % int(cfg.train.eval_every) == 0 or final:
                 record.update(self.evaluate())
