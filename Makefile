@@ -20,7 +20,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/flowpwm demo
+	$(BIN)/flowpwm train
 
 bench: setup
 	$(BIN)/python benchmarks/bench_world_model.py

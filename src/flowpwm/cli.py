@@ -11,7 +11,7 @@ USAGE = """usage: flowpwm <command> [args]
 commands:
   train [k=v ...]    PWM online training (Hydra overrides; wm=mlp|flow picks the world model,
                      e.g. `flowpwm train wm=mlp seed=1`, `flowpwm train -m seed=1,2,3`)
-  demo               the default job (fit-wm with the default config)
+  demo               the default job: `train` with the default config
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   parity [options]   baseline vs flow parameter counts (--help for options)
   results [options]  eval return vs env steps for groups of runs (--help for options)
@@ -90,7 +90,7 @@ def _diagnose(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "demo": _fit_wm, "fit-wm": _fit_wm, "parity": _parity, "results": _results, "diagnose": _diagnose}
+COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results, "diagnose": _diagnose}
 
 
 def run_command(command: str, args: list[str]) -> int:

@@ -74,8 +74,8 @@ class PWM:
     def compute_actor_loss(self, obs0: torch.Tensor, task=None):
         """Imagined H-step return from real start states, normalised by the running return std.
 
-        Returns (loss, imagined latents (H, B, L), rewards (H, B), bootstrap values (H, B)),
-        the last three detached for the critic's TD(λ) targets."""
+        Returns (loss, imagined latents (H, B, L), rewards (H, B), bootstrap values V(z_{t+1})
+        (H, B), imagined returns (B,)), all but the loss detached: the critic's TD(λ) data."""
         with torch.no_grad():
             z = self.wm.encode(obs0, task)
         zs, rews, values = [], [], []
@@ -102,11 +102,9 @@ class PWM:
     def td_lambda_targets(self, rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """G_t = r_t + γ((1-λ) V(z_{t+1}) + λ G_{t+1}), G_{H-1} = r_{H-1} + γ V(z_H)."""
         targets = torch.empty_like(rewards)
-        g = values[-1]
         for t in reversed(range(self.horizon)):
-            g = rewards[t] + self.gamma * ((1 - self.lam) * values[t] + self.lam * g) if t < self.horizon - 1 \
-                else rewards[t] + self.gamma * values[t]
-            targets[t] = g
+            ahead = values[t] if t == self.horizon - 1 else (1 - self.lam) * values[t] + self.lam * targets[t + 1]
+            targets[t] = rewards[t] + self.gamma * ahead
         return targets
 
     def update_critic(self, zs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
