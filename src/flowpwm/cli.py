@@ -59,6 +59,10 @@ def _train(args: list[str]) -> int:
             print(f"flowpwm train: error: {e}", file=sys.stderr)
             raise SystemExit(2)
 
+    import logging
+
+    for noisy in ("absl", "OpenGL"):  # dm_control / MuJoCo start-up INFO lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     sys.argv = ["flowpwm train", *args]
     hydra_train()
     return 0
