@@ -87,5 +87,5 @@ def test_diagnose_reports_open_loop_errors_from_a_checkpoint(tmp_path, capsys):
     assert "| 1 |" in out and "| 4 |" in out and "critic value" in out
     agent, buffer, _ = load_agent(tmp_path)
     b = buffer.sample(16, agent.horizon, generator=torch.Generator().manual_seed(0))
-    r = open_loop_errors(agent, b["obs"], b["action"], b["reward"])
+    r = open_loop_errors(agent.wm, b["obs"], b["action"], b["reward"])
     assert len(r["latent_mse"]) == agent.horizon and all(math.isfinite(x) for x in r["latent_mse"])

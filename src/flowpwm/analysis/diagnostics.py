@@ -15,13 +15,12 @@ from flowpwm.data.buffer import ReplayBuffer
 
 
 @torch.no_grad()
-def open_loop_errors(agent: PWM, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor) -> dict:
-    """Roll the world model open-loop from encoder(obs[0]) along the recorded actions.
+def open_loop_errors(wm, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor) -> dict:
+    """Roll a world model open-loop from encoder(obs[0]) along the recorded actions.
 
     Per step h = 1..H: latent MSE against encoder(obs[h]), |predicted - true reward| of the
-    step's transition, and the smallest latent entry (below 0 = off the SimNorm simplex).
-    Also the critic's value at the encoded vs the predicted last latent."""
-    wm = agent.wm
+    step's transition, and the smallest latent entry (below 0 = off the SimNorm simplex);
+    plus the encoded and the predicted last latents."""
     target = wm.encode(obs)
     z, latent, rew, lowest = target[0], [], [], []
     for t in range(action.shape[0]):
@@ -30,8 +29,7 @@ def open_loop_errors(agent: PWM, obs: torch.Tensor, action: torch.Tensor, reward
         latent.append((z - target[t + 1]).pow(2).mean().item())
         lowest.append(z.min().item())
     return {"latent_mse": latent, "reward_abs_err": rew, "min_latent": lowest,
-            "value_encoded": agent.critic.min_value(target[-1]).mean().item(),
-            "value_predicted": agent.critic.min_value(z).mean().item()}
+            "last_encoded": target[-1], "last_predicted": z}
 
 
 def load_agent(run_dir: Path) -> tuple[PWM, ReplayBuffer, dict]:
@@ -58,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     agent, buffer, state = load_agent(args.run_dir)
     batch = buffer.sample(args.slices, agent.horizon, generator=torch.Generator().manual_seed(args.seed))
-    r = open_loop_errors(agent, batch["obs"], batch["action"], batch["reward"])
+    r = open_loop_errors(agent.wm, batch["obs"], batch["action"], batch["reward"])
+    with torch.no_grad():
+        v_enc, v_pred = (agent.critic.min_value(r[k]).mean().item() for k in ("last_encoded", "last_predicted"))
     H = agent.horizon
     print(f"{args.run_dir}: {agent.cfg.name} ({agent.wm.kind}) at epoch {state['epoch']}, "
           f"{state['env_steps']} env steps; {args.slices} replay slices")
@@ -66,5 +66,5 @@ def main(argv: list[str] | None = None) -> int:
     for h in sorted(h for h in {1, 2, 4, 8, H} if h <= H):
         print(f"| {h} | {r['latent_mse'][h - 1]:.2e} | {r['reward_abs_err'][h - 1]:.4f} | {r['min_latent'][h - 1]:+.3f} |")
     print(f"critic value at encoded vs predicted latent after {H} steps: "
-          f"{r['value_encoded']:.2f} vs {r['value_predicted']:.2f}")
+          f"{v_enc:.2f} vs {v_pred:.2f}")
     return 0

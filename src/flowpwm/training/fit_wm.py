@@ -1,5 +1,5 @@
-"""Fit a world model alone on the toy oscillator and report its losses (`flowpwm fit-wm`,
-`make demo`): a quick check that a config trains, and of what each update costs."""
+"""Fit a world model alone on the toy oscillator and report its losses (`flowpwm fit-wm`):
+a quick check that a config trains, and of what each update costs."""
 
 from __future__ import annotations
 
@@ -8,21 +8,10 @@ import time
 import torch
 from omegaconf import DictConfig
 
+from flowpwm.analysis.diagnostics import open_loop_errors
 from flowpwm.data.toy import ToyOscillator, sample_windows
 from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
 from flowpwm.models.factory import build_world_model
-from flowpwm.models.world_model import LatentWorldModel
-
-
-@torch.no_grad()
-def open_loop_reward_error(wm: LatentWorldModel, obs: torch.Tensor, action: torch.Tensor,
-                           reward: torch.Tensor) -> torch.Tensor:
-    """Mean |predicted - true reward| at each step of an open-loop latent rollout: (H,)."""
-    z, errs = wm.encode(obs[0]), []
-    for t in range(action.shape[0]):
-        errs.append((wm.reward_value(z, action[t]) - reward[t]).abs().mean())
-        z = wm.next(z, action[t])
-    return torch.stack(errs)
 
 
 def fit_world_model(cfg: DictConfig, log=print) -> dict[str, float]:
@@ -51,9 +40,8 @@ def fit_world_model(cfg: DictConfig, log=print) -> dict[str, float]:
             log(f"  iter {it:5d}  wm_loss {metrics['wm_loss']:.4f}  dynamics {metrics['dynamics_loss']:.5f}"
                 f"  reward {metrics['reward_loss']:.4f}  ({time.perf_counter() - start:.1f}s)")
     obs, act, rew = (x.to(cfg.device) for x in sample_windows(held_out, 512, H, g))
-    err = open_loop_reward_error(wm, obs, act, rew)
-    metrics.update(reward_err_h1=err[0].item(), reward_err_hmax=err[-1].item(),
-                   seconds=time.perf_counter() - start)
+    err = open_loop_errors(wm, obs, act, rew)["reward_abs_err"]
+    metrics.update(reward_err_h1=err[0], reward_err_hmax=err[-1], seconds=time.perf_counter() - start)
     log(f"held-out open-loop |reward error|: step 1 {err[0]:.4f}, step {H} {err[-1]:.4f} "
         f"(reward std {rew.std():.4f}); {metrics['seconds']:.1f}s")
     return metrics
