@@ -1,4 +1,4 @@
-"""World-model loss shared by PWM training, the demo fit and the tests.
+"""World-model loss shared by PWM training, `flowpwm fit-wm` and the tests.
 
 Baseline (`WorldModel`): multi-step latent rollout from encoder(obs_0), MSE against the
 detached encoded next latents, ρ^t-weighted (ρ = γ as in PWM).
