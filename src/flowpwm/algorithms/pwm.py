@@ -35,11 +35,6 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(True)
 
 
-def grad_norm(params) -> float:
-    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return torch.stack(grads).norm().item() if grads else 0.0
-
-
 class PWM:
     def __init__(self, alg: DictConfig, obs_dim: int, action_dim: int, device="cpu",
                  num_tasks: int = 1, action_dims=None):
