@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for base_name, flow_name in pairs:
         reports = compare(base_name, flow_name, presets)
+        base_wm, flow_wm = load_alg(base_name).world_model, load_alg(flow_name).world_model
         print(f"{base_name} vs {flow_name} (tolerance {args.tolerance:.1%} on total and dynamics/velocity)")
         for r in reports:
             print(r.table())
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    -> {verdict}: total {r.total_diff:+.2%}, dynamics/velocity {r.dynamics_diff:+.2%}")
             ok &= r.within(args.tolerance)
             if args.suggest:
-                units, n, target = suggest_velocity_units(load_alg(base_name).world_model,
-                                                          load_alg(flow_name).world_model, r.dims)
+                units, n, target = suggest_velocity_units(base_wm, flow_wm, r.dims)
                 print(f"    suggest velocity_units: {units} ({n:,} vs dynamics {target:,}, "
                       f"{rel_diff(n, target):+.3%})")
         print()

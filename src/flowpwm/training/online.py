@@ -109,7 +109,7 @@ class OnlineTrainer:
                     f"{self.total_epochs} epochs after {cfg.train.seed_steps} seed steps; run dir {self.run.path}")
         seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
         self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
-        pre = self.update_world_model(int(cfg.train.pretrain_iterations)) if cfg.train.pretrain_iterations else {}
+        pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
         self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
                       **{f"pretrain_{k}": v for k, v in pre.items()}})
         last: dict[str, float] = {}

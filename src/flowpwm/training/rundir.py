@@ -46,11 +46,6 @@ class RunDir:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
 
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
     @property
     def latest_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "latest.pt"
