@@ -21,3 +21,46 @@ def batch(H=4, B=32, obs_dim=6, action_dim=2, reward_scale=1.0):
     action = torch.rand(H, B, action_dim) * 2 - 1
     reward = reward_scale * (obs[:-1, :, :1].tanh() + 0.5)
     return obs, action, reward
+
+
+def wandb_records(path):
+    """Records of a W&B transaction log (.wandb): LevelDB-style 32 KiB blocks of chunks, each
+    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = open(path, "rb").read(), 32 * 1024
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    pos, parts, out = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(parts)
+            out.append(record)
+    return out
+
+
+def wandb_history(run_dir):
+    """(run id, logged rows) of an offline W&B run directory; values decoded from JSON."""
+    import json
+
+    (log,) = run_dir.glob("run-*.wandb")
+    run_id, rows = None, []
+    for r in wandb_records(log):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run_id = r.run.run_id
+        elif kind == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return run_id, rows

@@ -63,7 +63,7 @@ def test_train_through_hydra_writes_a_run_directory(tmp_path):
          f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    assert "final eval return" in r.stdout and "pwm_tiny (mlp)" in r.stdout
+    assert "final eval return" in r.stdout and "world model: mlp" in r.stdout and "untrained policy" in r.stdout
     assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
     bad = subprocess.run([sys.executable, "-m", "flowpwm.cli", "train", "env.task=cartpole-swingupp",
                           f"hydra.run.dir={tmp_path}/bad"], capture_output=True, text=True, timeout=120)

@@ -3,7 +3,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch.nn as nn
 
 from flowpwm.models.layers import mlp
 from flowpwm.parity import PRESETS, compare, mlp_param_count, suggest_velocity_units

@@ -31,7 +31,11 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.core.global_hydra import GlobalHydra
+
     try:
+        if GlobalHydra.instance().is_initialized():  # inside `flowpwm train`'s Hydra job: same search path
+            return hydra_compose(config_name, overrides=list(overrides))
         with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
             return hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:

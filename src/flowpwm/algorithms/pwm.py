@@ -66,8 +66,9 @@ class PWM:
         return metrics
 
     # -- actor ------------------------------------------------------------------------------
-    def compute_actor_loss(self, obs0: torch.Tensor, task=None):
-        """Imagined H-step return from real start states, normalised by the running return std.
+    def compute_actor_loss(self, obs0: torch.Tensor, task=None, update_stats: bool = True):
+        """Imagined H-step return from real start states, normalised by the running return std
+        (updated with these returns unless `update_stats` is False).
 
         Returns (loss, imagined latents (H, B, L), rewards (H, B), bootstrap values V(z_{t+1})
         (H, B), imagined returns (B,)), all but the loss detached: the critic's TD(λ) data."""
@@ -87,7 +88,8 @@ class PWM:
                 values.append(v.detach())
             ret = ret + self.gamma ** self.horizon * v
         if self.ret_rms is not None:
-            self.ret_rms.update(ret)
+            if update_stats:
+                self.ret_rms.update(ret)
             loss = -(ret / self.ret_rms.std.float()).mean()
         else:
             loss = -(ret / self.horizon).mean()
@@ -129,6 +131,14 @@ class PWM:
                    "imagined_reward": rews.mean().item(), "action_std": self.actor.logstd.exp().mean().item()}
         metrics.update(self.update_critic(zs, self.td_lambda_targets(rews, values)))
         return metrics
+
+    def actor_gradient(self, obs0: torch.Tensor, task=None) -> torch.Tensor:
+        """The actor loss's gradient, flattened, at the current parameters from these start
+        states: one ESNR sample. Nothing is stepped and no statistic is updated."""
+        loss = self.compute_actor_loss(obs0, task, update_stats=False)[0]
+        params = list(self.actor.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
     def update(self, obs, action, reward, task=None) -> dict[str, float]:
         """Offline step on one batch of slices: world model, then actor and critic from obs[0]."""

@@ -57,6 +57,13 @@ class ReplayBuffer:
         self.filled = min(self.filled + 1, self.rows)
         self._starts.clear()
 
+    def end_episodes(self) -> None:
+        """Mark the newest row an episode end for every env: the envs were reset (a resumed
+        run), so no slice may join the stored steps to the new episodes."""
+        if self.filled:
+            self.done[(self.ptr - 1) % self.rows] = True
+            self._starts.clear()
+
     def _check(self, x: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
         if tuple(x.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")

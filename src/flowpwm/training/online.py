@@ -1,5 +1,6 @@
 """Single-task online PWM training: seed steps with random actions, world-model pretraining,
-then per epoch collect → world-model updates → actor/critic update → (eval, checkpoint)."""
+then per epoch collect → world-model updates → actor/critic update → (ESNR, eval, checkpoint).
+Progress goes to a `TrainingMonitor`, every record to metrics.jsonl and W&B."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import torch
 from omegaconf import DictConfig
 
 from flowpwm.algorithms.pwm import PWM
+from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.envs import make_env
+from flowpwm.esnr import ESNRTracker, compute_esnr
+from flowpwm.monitoring import TrainingMonitor, WandBLogger
+from flowpwm.reproducibility import ExperimentConfig, format_diff, set_seed, write_run_metadata
+from flowpwm.training.header import run_header
 from flowpwm.training.rundir import RunDir
+
+ESNR_KEYS = ("esnr", "esnr_db", "esnr_param", "esnr_param_db")
 
 
 def rss_mib() -> float:
@@ -40,32 +48,51 @@ def averaged(updates) -> dict[str, float]:
     return {k: v / n for k, v in sums.items()}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def resolve_run_dir(cfg: DictConfig, run_dir: Path | str) -> Path:
+    """`resume=<run dir>` continues that directory; otherwise the given one is used."""
+    resume = cfg.get("resume")
+    if resume and resume != "auto":
+        path = Path(str(resume))
+        if not (path / "checkpoints" / "latest.pt").exists():
+            raise UserError(f"resume={resume}: no checkpoint at {path / 'checkpoints' / 'latest.pt'}; "
+                            f"pass the directory of a run that saved one, or resume=auto")
+        return path
+    return Path(run_dir)
 
 
 class OnlineTrainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path | str, log=print):
-        self.cfg, self.log_fn = cfg, log
+    def __init__(self, cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None):
+        self.cfg, self.log_fn, self.monitor_stream = cfg, log, monitor_stream
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
-        seed_everything(cfg.seed)
+        if "api_key" in cfg.wandb:
+            raise UserError("wandb.api_key: keys are never taken from a config (it is saved with the run); "
+                            "set WANDB_API_KEY or run `wandb login`")
+        run_dir = resolve_run_dir(cfg, run_dir)
+        checkpoint = run_dir / "checkpoints" / "latest.pt"
+        if checkpoint.exists() and not cfg.get("resume"):
+            raise UserError(f"{run_dir} already holds a run ({checkpoint}); continue it with resume=auto, "
+                            f"or start a new one in another hydra.run.dir")
+        set_seed(int(cfg.seed), deterministic=bool(cfg.get("deterministic", False)))
         # Bad task or config names fail here, before anything is written.
         self.env = make_env(cfg.env.task, int(cfg.env.num_envs), seed=cfg.seed)
         self.eval_env = make_env(cfg.env.task, min(int(cfg.train.eval_episodes), 8), seed=cfg.seed + 10_000)
         self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device)
         self.run = RunDir(run_dir)
-        self.run.save_config(cfg)
         self.buffer = ReplayBuffer(int(cfg.train.buffer_size), self.env.num_envs, self.env.obs_dim,
                                    self.env.action_dim, device=cfg.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)
-        self.epoch, self.env_steps, self.wall_time = 0, 0, 0.0
+        self.esnr = ESNRTracker()
+        self.epoch, self.env_steps, self.wall_time, self.logged_epochs = 0, 0, 0.0, 0
         steps_per_epoch = int(cfg.train.steps_per_epoch) * self.env.num_envs
         learn_steps = max(int(cfg.train.env_steps) - int(cfg.train.seed_steps), 0)
         self.total_epochs = math.ceil(learn_steps / steps_per_epoch)
-        self.obs = self.env.reset(seed=cfg.seed)
+        self.resumed = checkpoint.exists()
+        if self.resumed:
+            self.restore(checkpoint)
+        write_run_metadata(self.run.path, cfg)
+        # A resumed run starts new episodes (env state is not checkpointed): other seeds than at the start.
+        self.obs = self.env.reset(seed=int(cfg.seed) + 1_000_003 * self.epoch)
 
     # -- data ---------------------------------------------------------------------------------
     def collect(self, steps: int, random_actions: bool = False) -> None:
@@ -79,8 +106,8 @@ class OnlineTrainer:
             self.obs = next_obs
             self.env_steps += self.env.num_envs
 
-    def sample(self, batch_size: int):
-        b = self.buffer.sample(batch_size, self.agent.horizon, generator=self.sample_gen)
+    def sample(self, batch_size: int, generator=None):
+        b = self.buffer.sample(batch_size, self.agent.horizon, generator=generator or self.sample_gen)
         return b["obs"], b["action"], b["reward"]
 
     def update_world_model(self, iterations: int) -> dict[str, float]:
@@ -92,6 +119,20 @@ class OnlineTrainer:
         batch = int(self.cfg.alg.actor_batch_size)
         return averaged(self.agent.update_policy(self.sample(batch)[0][0]) for _ in range(iterations))
 
+    def measure_esnr(self) -> dict[str, float]:
+        """ESNR of the actor gradient from M independent micro-batches of start states, same
+        parameters. Its own generator and a forked RNG: training's random stream is untouched."""
+        start, batch = time.perf_counter(), int(self.cfg.alg.actor_batch_size)
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.epoch)
+        cuda = [self.agent.device.index or 0] if self.agent.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            grads = torch.stack([self.agent.actor_gradient(self.sample(batch, gen)[0][0])
+                                 for _ in range(int(self.cfg.train.esnr_samples))])
+        values = compute_esnr(grads)
+        out = self.esnr.update({k: values[k] for k in ESNR_KEYS})
+        out["esnr_time"] = time.perf_counter() - start
+        return out
+
     # -- loop ---------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         return self.agent.eval(self.eval_env, int(self.cfg.train.eval_episodes), seed=self.cfg.seed + 10_000 + self.epoch)
@@ -101,51 +142,119 @@ class OnlineTrainer:
             "agent": self.agent.state_dict(), "buffer": self.buffer.state_dict(),
             "epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
             "sample_gen": self.sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "esnr": self.esnr.state_dict(),
         })
 
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: state, counters and RNGs; the metrics file is cut back to
+        the checkpoint's epoch so no epoch appears twice."""
+        saved = self.run.path / "config.yaml"
+        if saved.exists():
+            changes = [d for d in ExperimentConfig.load(saved).diff(ExperimentConfig(self.cfg)) if d[0] != "resume"]
+            if changes:
+                self.log_fn(f"resume: config differs from the saved run's:\n{format_diff(changes)}")
+        state = torch.load(path, map_location=self.agent.device, weights_only=False)
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.buffer.end_episodes()
+        self.epoch, self.env_steps, self.wall_time = int(state["epoch"]), int(state["env_steps"]), float(state["wall_time"])
+        self.sample_gen.set_state(state["sample_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.esnr.load_state_dict(state["esnr"])
+        self.logged_epochs = self.run.truncate_metrics(self.epoch)
+
+    def open_wandb(self) -> WandBLogger:
+        w = self.cfg.wandb
+        logger = WandBLogger(self.run.path, ExperimentConfig(self.cfg).to_dict(), mode=w.mode, project=w.project,
+                             entity=w.entity, group=w.group, name=w.name, tags=list(w.tags),
+                             grad_hist_every=int(w.grad_hist_every))
+        logger.skip_to(self.logged_epochs)
+        logger.add_metric("eval_return", summary="max")  # the run table shows the best eval
+        logger.add_metric("esnr_db", summary="mean")
+        return logger
+
     def train(self) -> dict[str, float]:
-        cfg, start = self.cfg, time.perf_counter()
-        self.log_fn(f"train: {cfg.alg.name} ({self.agent.wm.kind}) on {cfg.env.task}, seed {cfg.seed}, "
-                    f"{self.total_epochs} epochs after {cfg.train.seed_steps} seed steps; run dir {self.run.path}")
-        seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
-        self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
-        pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
-        self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
-                      **{f"pretrain_{k}": v for k, v in pre.items()}})
-        last: dict[str, float] = {}
-        while self.epoch < self.total_epochs:
-            self.epoch += 1
-            self.agent.set_progress((self.epoch - 1) / self.total_epochs)
-            self.collect(int(cfg.train.steps_per_epoch))
-            record = self.update_world_model(int(cfg.alg.wm_iterations))
-            record.update(self.update_policy(int(cfg.alg.policy_iterations)))
-            bad = sorted(k for k, v in record.items() if not math.isfinite(v))
-            if bad:
-                raise FloatingPointError(f"non-finite {', '.join(bad)} at epoch {self.epoch} ({self.env_steps} env "
-                                         f"steps); the last good checkpoint is {self.run.latest_checkpoint}")
-            final = self.epoch == self.total_epochs
-            if self.epoch % int(cfg.train.eval_every) == 0 or final:
-                record.update(self.evaluate())
-                self.log_fn(f"  epoch {self.epoch:5d}  env steps {self.env_steps:7d}  eval return "
-                            f"{record['eval_return']:7.1f}  wm {record['wm_loss']:.4f}  "
-                            f"actor {record['actor_loss']:.3f}  ({time.perf_counter() - start:.0f}s)")
-                last = record
-            self.wall_time = time.perf_counter() - start
-            self.run.log({"epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
-                          "rss_mib": rss_mib(), **record})
-            if self.epoch % int(cfg.train.checkpoint_every) == 0 or final:
-                self.checkpoint()
-        return {"eval_return": last.get("eval_return", float("nan")), "env_steps": self.env_steps,
-                "epochs": self.epoch, "wall_time": self.wall_time}
+        cfg = self.cfg
+        wandb = self.open_wandb()
+        monitor = TrainingMonitor(self.total_epochs, self.epoch, mode=cfg.monitor.progress,
+                                  print_every_s=float(cfg.monitor.print_every_s), ema=float(cfg.monitor.ema),
+                                  stream=self.monitor_stream, echo=self.log_fn)
+        self.log_fn(run_header(self, wandb.describe()))
+        start = time.perf_counter() - self.wall_time
+        # A resumed run that has nothing left to do still reports its last eval.
+        evals = [r for r in self.run.records() if "eval_return" in r and r["epoch"] > 0]
+        last: dict[str, float] = evals[-1] if evals else {}
+        ok = False
+        try:
+            if self.epoch == 0:
+                seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
+                self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
+                pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
+                # The untrained policy's return: the baseline the learning curve starts from.
+                initial = self.evaluate()
+                monitor.write(f"  epoch     0  env steps {self.env_steps:7d}  eval return "
+                              f"{initial['eval_return']:7.1f}  (untrained policy)")
+                self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
+                              **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
+            while self.epoch < self.total_epochs:
+                last = self.train_epoch(start, monitor, wandb) or last
+            ok = True
+        finally:
+            monitor.close()
+            wandb.finish(exit_code=0 if ok else 1)
+        records = self.run.records()
+        untrained = records[0].get("eval_return", float("nan")) if records else float("nan")
+        return {"eval_return": last.get("eval_return", float("nan")), "untrained_return": untrained,
+                "env_steps": self.env_steps, "epochs": self.epoch, "wall_time": self.wall_time}
+
+    def train_epoch(self, start: float, monitor: TrainingMonitor, wandb: WandBLogger) -> dict[str, float] | None:
+        """One epoch; returns its record when it evaluated."""
+        cfg = self.cfg
+        self.epoch += 1
+        epoch_start, steps_before = time.perf_counter(), self.env_steps
+        self.agent.set_progress((self.epoch - 1) / self.total_epochs)
+        self.collect(int(cfg.train.steps_per_epoch))
+        record = self.update_world_model(int(cfg.alg.wm_iterations))
+        record.update(self.update_policy(int(cfg.alg.policy_iterations)))
+        record["fps"] = (self.env_steps - steps_before) / max(time.perf_counter() - epoch_start, 1e-9)
+        bad = sorted(k for k, v in record.items() if not math.isfinite(v))
+        if bad:
+            raise FloatingPointError(f"non-finite {', '.join(bad)} at epoch {self.epoch} ({self.env_steps} env "
+                                     f"steps); the last good checkpoint is {self.run.latest_checkpoint}")
+        every = int(cfg.train.esnr_every)
+        if every > 0 and self.epoch % every == 0:
+            record.update(self.measure_esnr())
+        final = self.epoch == self.total_epochs
+        evaluated = self.epoch % int(cfg.train.eval_every) == 0 or final
+        if evaluated:
+            record.update(self.evaluate())
+            monitor.write(f"  epoch {self.epoch:5d}  env steps {self.env_steps:7d}  eval return "
+                          f"{record['eval_return']:7.1f}  wm {record['wm_loss']:.4f}  "
+                          f"actor {record['actor_loss']:.3f}  ({time.perf_counter() - start:.0f}s)")
+        self.wall_time = time.perf_counter() - start
+        record = {"epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
+                  "rss_mib": rss_mib(), **record}
+        self.run.log(record)
+        extra = {}
+        if wandb.wants_grad_histograms(self.epoch):
+            extra = wandb.gradient_histograms({"actor": self.agent.actor, "critic": self.agent.critic,
+                                               "world_model": self.agent.wm})
+        wandb.log({**record, **extra}, step=self.epoch)
+        monitor.update(self.epoch, self.env_steps, record)
+        if self.epoch % int(cfg.train.checkpoint_every) == 0 or final:
+            self.checkpoint()
+        return record if evaluated else None
 
 
-def train(cfg: DictConfig, run_dir: Path | str, log=print) -> dict[str, float]:
-    trainer = OnlineTrainer(cfg, run_dir, log)
+def train(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None) -> dict[str, float]:
+    trainer = OnlineTrainer(cfg, run_dir, log, monitor_stream)
     try:
         summary = trainer.train()
     finally:
         trainer.env.close()
         trainer.eval_env.close()
-    log(f"final eval return {summary['eval_return']:.1f} after {summary['env_steps']} env steps "
-        f"({summary['wall_time']:.0f}s); outputs in {trainer.run.path}")
+    log(f"final eval return {summary['eval_return']:.1f} after {summary['env_steps']} env steps (untrained "
+        f"policy: {summary['untrained_return']:.1f}), {summary['wall_time']:.0f}s; outputs in {trainer.run.path}")
     return summary

@@ -1,27 +1,14 @@
-"""What a run leaves on disk: resolved config, JSON-lines metrics, checkpoints.
+"""What a run leaves on disk: JSON-lines metrics and checkpoints (the config and provenance
+are `reproducibility.write_run_metadata`'s).
 Files are written to a temporary name and renamed, so none is ever half-written."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+from flowpwm.fileio import atomic_torch_save, atomic_write_text
 
 
 def _json_value(v):
@@ -38,13 +25,33 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
 
-    def save_config(self, cfg: DictConfig) -> None:
-        atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
     def log(self, record: dict) -> None:
         """Append one JSON line (plain numbers only: never tensors holding a graph)."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+
+    def records(self) -> list[dict]:
+        """Logged records; a last line cut short by a kill is dropped."""
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def truncate_metrics(self, epoch: int) -> int:
+        """Keep only records up to `epoch` (a run resumed from that checkpoint redoes the rest);
+        returns the last epoch that had been logged before."""
+        records = self.records()
+        if not records:
+            return 0
+        last = max(int(r.get("epoch", 0)) for r in records)
+        kept = "".join(json.dumps(r) + "\n" for r in records if int(r.get("epoch", 0)) <= epoch)
+        atomic_write_text(self.metrics_path, kept)
+        return last
 
     @property
     def latest_checkpoint(self) -> Path:

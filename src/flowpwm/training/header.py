@@ -1,0 +1,48 @@
+"""The few lines a run prints at start: what is being trained, how big it is next to its
+paired baseline/flow config, how the flow is integrated, and where everything goes."""
+
+from __future__ import annotations
+
+from flowpwm.config import UserError, load_alg
+from flowpwm.integrators import nfe
+from flowpwm.parity import Dims, count, rel_diff
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def paired_name(name: str) -> str:
+    return name.removesuffix("_flow") if name.endswith("_flow") else f"{name}_flow"
+
+
+def parity_line(alg, obs_dim: int, action_dim: int, wm_params: int) -> str:
+    """Parameter count against the paired config (pwm_5M <-> pwm_5M_flow) at this run's dims."""
+    pair = paired_name(str(alg.name))
+    try:
+        other = count(load_alg(pair).world_model, Dims(pair, obs_dim, action_dim))["total"]
+    except UserError:
+        return f"{wm_params:,} params (no paired config {pair})"
+    return f"{wm_params:,} params; paired {pair}: {other:,} ({rel_diff(wm_params, other):+.2%})"
+
+
+def run_header(trainer, wandb_line: str) -> str:
+    cfg, agent, env = trainer.cfg, trainer.agent, trainer.env
+    wm_cfg = cfg.alg.world_model
+    lines = [
+        f"train: {cfg.alg.name} on {cfg.env.task} (obs {env.obs_dim}, act {env.action_dim}), seed {cfg.seed}, "
+        f"device {cfg.device}; {trainer.total_epochs} epochs after {cfg.train.seed_steps} seed steps "
+        f"({cfg.train.env_steps} env steps)",
+        f"  world model: {agent.wm.kind}, {parity_line(cfg.alg, env.obs_dim, env.action_dim, n_params(agent.wm))}",
+    ]
+    if agent.wm.kind == "flow":
+        per_step = nfe(wm_cfg.integrator, int(wm_cfg.substeps))
+        lines.append(f"  flow: integrator {wm_cfg.integrator}, K={wm_cfg.substeps} substeps ({per_step} velocity "
+                     f"evals per step), source {wm_cfg.flow_source}, tau {wm_cfg.tau_sampling}")
+    lines.append(f"  actor {n_params(agent.actor):,} params, critic {n_params(agent.critic):,} params; horizon "
+                 f"{agent.horizon}")
+    where = f"  run dir {trainer.run.path}; {wandb_line}"
+    if trainer.resumed:
+        where += f"; resumed at epoch {trainer.epoch} ({trainer.env_steps} env steps)"
+    lines.append(where)
+    return "\n".join(lines)
