@@ -64,3 +64,22 @@ def wandb_history(run_dir):
         elif kind == "history":
             rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
     return run_id, rows
+
+
+def fit_flow_to_map(target, iters=1500, batch_size=256, lr=2e-3, **flow_kwargs):
+    """A FlowWorldModel on SimNorm latents whose velocity is fitted (flow-matching loss) to a
+    known latent map `target` (e.g. data.toy.SimplexMixing: `target.sample(n)`, `target(z, a)`)."""
+    from flowpwm.integrators import compute_flow_matching_loss
+    from flowpwm.models import FlowWorldModel
+
+    kw = {"integrator": "heun", "substeps": 2, "tangent_projection": True, "velocity_units": [128, 128], **flow_kwargs}
+    wm = FlowWorldModel(obs_dim=4, action_dim=target.action_dim, latent_dim=target.latent_dim, encoder_units=[32],
+                        units=[32, 32], simnorm_dim=target.simnorm_dim, **kw)
+    opt = torch.optim.Adam(wm._velocity.parameters(), lr=lr)
+    for _ in range(iters):
+        z, a = target.sample(batch_size)
+        loss = compute_flow_matching_loss(wm.velocity_fn(a), z, target(z, a)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return wm

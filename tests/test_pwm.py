@@ -50,8 +50,11 @@ def test_flow_settings_reach_next_in_the_actor_rollout():
     assert a.wm.nfe - n0 == 3 * 3  # H steps x K euler calls
 
 
-def test_linear_lr_decay_reaches_min_lr():
-    a = agent()
+def test_linear_lr_decay_reaches_min_lr_and_constant_stays():
+    const = agent()  # the tiny configs keep the LR constant
+    const.set_progress(1.0)
+    assert const.actor_opt.param_groups[0]["lr"] == pytest.approx(const.cfg.actor_lr)
+    a = agent(lr_schedule="linear")
     a.set_progress(0.0)
     assert a.actor_opt.param_groups[0]["lr"] == pytest.approx(a.cfg.actor_lr)
     a.set_progress(1.0)

@@ -12,7 +12,8 @@ FAST = ["env.num_envs=2", "train.seed_steps=40", "train.pretrain_iterations=2", 
         "train.eval_episodes=1", "train.eval_every=1", "train.checkpoint_every=1",
         "alg.wm_batch_size=16", "alg.wm_iterations=2", "alg.actor_batch_size=8", "alg.critic_iterations=1",
         "alg.policy_iterations=2",
-        "alg.horizon=4", "train.threads=1", "wandb.mode=disabled", "monitor.progress=off"]
+        "alg.horizon=4", "train.threads=1", "wandb.mode=disabled", "monitor.progress=off",
+        "train.plots=false"]
 
 
 def cfg_for(kind, task="cartpole-swingup", epochs=1, extra=()):

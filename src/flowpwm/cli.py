@@ -15,7 +15,10 @@ commands:
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   parity [options]   baseline vs flow parameter counts (--help for options)
   results [options]  eval return vs env steps for groups of runs (--help for options)
-  diagnose RUN_DIR   open-loop world-model errors vs horizon from a run's checkpoint
+  diagnose RUN_DIR|CHECKPOINT  open-loop error vs horizon, flow straightness, NFE, Jacobian norm (--help)
+  plot RUN_DIR       learning curves, losses, gradient norms/ESNR, summary as PNG/SVG (--help)
+  compare [options]  multi-seed comparison of run groups: curves with 95 % bands, mean/IQM with
+                     bootstrap CIs, Welch / Mann-Whitney tests, report.md + report.html (--help)
 """
 
 
@@ -52,12 +55,16 @@ def _train(args: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
 
         from flowpwm.training.online import train
+        from flowpwm.training.preemption import EXIT_REQUEUE, Preempted
 
         try:
             return train(cfg, HydraConfig.get().runtime.output_dir)["eval_return"]
         except UserError as e:  # inside Hydra's job: report here, one line
             print(f"flowpwm train: error: {e}", file=sys.stderr)
             raise SystemExit(2)
+        except Preempted as e:
+            print(f"flowpwm train: stopped on {e}", file=sys.stderr)
+            raise SystemExit(EXIT_REQUEUE)
 
     import logging
 
@@ -94,7 +101,20 @@ def _diagnose(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results, "diagnose": _diagnose}
+def _plot(args: list[str]) -> int:
+    from flowpwm.visualization import main
+
+    return main(args)
+
+
+def _compare(args: list[str]) -> int:
+    from flowpwm.analysis.compare import main
+
+    return main(args)
+
+
+COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results,
+            "diagnose": _diagnose, "plot": _plot, "compare": _compare}
 
 
 def run_command(command: str, args: list[str]) -> int:

@@ -208,6 +208,11 @@ class WandBLogger:
                 out[f"gradients/{name}"] = self._wandb.Histogram(np_histogram=np.histogram(values, bins=bins))
         return out
 
+    def mark_preempting(self) -> None:
+        """Tell W&B the run will be requeued and resumed, not that it crashed."""
+        if self.enabled:
+            self.run.mark_preempting()
+
     def finish(self, exit_code: int = 0) -> None:
         if self.enabled:
             self.run.finish(exit_code=exit_code)

@@ -3,7 +3,6 @@ returns against env steps; analysis never needs the live process or WandB."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from flowpwm.config import UserError
+from flowpwm.training.rundir import read_records
 
 
 @dataclass
@@ -35,14 +35,7 @@ def load_run(path: Path | str) -> Run:
     metrics_file, config_file = path / "metrics.jsonl", path / "config.yaml"
     if not metrics_file.exists() or not config_file.exists():
         raise UserError(f"{path} is not a run directory (needs metrics.jsonl and config.yaml)")
-    # A run killed mid-write can leave a partial last line; the lines before it are whole.
-    metrics = []
-    for line in metrics_file.read_text().splitlines():
-        try:
-            metrics.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return Run(path, OmegaConf.to_container(OmegaConf.load(config_file)), metrics)
+    return Run(path, OmegaConf.to_container(OmegaConf.load(config_file)), read_records(metrics_file))
 
 
 def eval_table(groups: dict[str, list[Run]], steps: list[int]) -> str:

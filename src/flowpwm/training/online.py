@@ -22,6 +22,7 @@ from flowpwm.esnr import ESNRTracker, compute_esnr
 from flowpwm.monitoring import TrainingMonitor, WandBLogger
 from flowpwm.reproducibility import ExperimentConfig, format_diff, set_seed, write_run_metadata
 from flowpwm.training.header import run_header
+from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.rundir import RunDir
 
 ESNR_KEYS = ("esnr", "esnr_db", "esnr_param", "esnr_param_db")
@@ -186,28 +187,42 @@ class OnlineTrainer:
         # A resumed run that has nothing left to do still reports its last eval.
         evals = [r for r in self.run.records() if "eval_return" in r and r["epoch"] > 0]
         last: dict[str, float] = evals[-1] if evals else {}
-        ok = False
-        try:
-            if self.epoch == 0:
-                seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
-                self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
-                pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
-                # The untrained policy's return: the baseline the learning curve starts from.
-                initial = self.evaluate()
-                monitor.write(f"  epoch     0  env steps {self.env_steps:7d}  eval return "
-                              f"{initial['eval_return']:7.1f}  (untrained policy)")
-                self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
-                              **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
-            while self.epoch < self.total_epochs:
-                last = self.train_epoch(start, monitor, wandb) or last
-            ok = True
-        finally:
-            monitor.close()
-            wandb.finish(exit_code=0 if ok else 1)
+        exit_code = 1
+        with StopSignals() as stop:  # SIGUSR1/SIGTERM: finish the epoch, checkpoint, exit
+            try:
+                if self.epoch == 0:
+                    self.seed_phase(start, monitor)
+                while self.epoch < self.total_epochs:
+                    last = self.train_epoch(start, monitor, wandb) or last
+                    if stop.received and self.epoch < self.total_epochs:
+                        self.checkpoint()
+                        wandb.mark_preempting()
+                        exit_code = EXIT_REQUEUE
+                        stop.forward()
+                        raise Preempted(f"{stop.received} at epoch {self.epoch}/{self.total_epochs} ({self.env_steps} "
+                                        f"env steps): checkpoint written to {self.run.latest_checkpoint}; "
+                                        f"continue with resume=auto in the same run dir")
+                exit_code = 0
+            finally:
+                monitor.close()
+                wandb.finish(exit_code=exit_code)
         records = self.run.records()
         untrained = records[0].get("eval_return", float("nan")) if records else float("nan")
         return {"eval_return": last.get("eval_return", float("nan")), "untrained_return": untrained,
                 "env_steps": self.env_steps, "epochs": self.epoch, "wall_time": self.wall_time}
+
+    def seed_phase(self, start: float, monitor: TrainingMonitor) -> None:
+        """Random-action data, world-model pretraining, and the untrained policy's return: the
+        point the learning curve starts from (logged as epoch 0)."""
+        cfg = self.cfg
+        seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
+        self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
+        pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
+        initial = self.evaluate()
+        monitor.write(f"  epoch     0  env steps {self.env_steps:7d}  eval return {initial['eval_return']:7.1f}  "
+                      f"(untrained policy)")
+        self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
+                      **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
 
     def train_epoch(self, start: float, monitor: TrainingMonitor, wandb: WandBLogger) -> dict[str, float] | None:
         """One epoch; returns its record when it evaluated."""
@@ -255,6 +270,10 @@ def train(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None) 
     finally:
         trainer.env.close()
         trainer.eval_env.close()
+    if cfg.train.plots:
+        from flowpwm.visualization import plot_run_quietly
+
+        plot_run_quietly(trainer.run.path, log=log)
     log(f"final eval return {summary['eval_return']:.1f} after {summary['env_steps']} env steps (untrained "
         f"policy: {summary['untrained_return']:.1f}), {summary['wall_time']:.0f}s; outputs in {trainer.run.path}")
     return summary

@@ -18,6 +18,19 @@ def _json_value(v):
     return v
 
 
+def read_records(metrics_path: Path) -> list[dict]:
+    """The JSON lines of a metrics file; a line cut short by a kill is skipped."""
+    if not metrics_path.exists():
+        return []
+    out = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -31,16 +44,7 @@ class RunDir:
             f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
 
     def records(self) -> list[dict]:
-        """Logged records; a last line cut short by a kill is dropped."""
-        if not self.metrics_path.exists():
-            return []
-        out = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_records(self.metrics_path)
 
     def truncate_metrics(self, epoch: int) -> int:
         """Keep only records up to `epoch` (a run resumed from that checkpoint redoes the rest);
