@@ -17,9 +17,9 @@ from flowpwm.analysis.compare import (
     curve,
     group_by,
     main,
-    markdown_to_html,
     probability_of_improvement,
 )
+from flowpwm.analysis.report import markdown_to_html
 from flowpwm.analysis.runs import load_run
 from flowpwm.config import UserError
 

@@ -416,6 +416,10 @@ def test_hydra_multirun_on_slurm_requeues_a_preempted_run(jobs):
     for seed in (1, 2):
         records = assert_complete(jobs.sweep / f"{seed - 1}_pwm_tiny_flow_cartpole-swingup_s{seed}", EPOCHS)
         assert records[-1]["env_steps"] == 40 + 8 * EPOCHS
-    array = task.split("_")[0]
-    ends = [c["JobState"] for c in jobs.cluster.completions() if c.get("ArrayJobId") == array]
-    assert sorted(ends) == ["COMPLETED", "COMPLETED", "PENDING"], ends  # one requeue, both done
+    array, deadline = task.split("_")[0], time.monotonic() + 60
+    while True:  # the launcher returns on the results; Slurm may still be ending a task
+        ends = sorted(c["JobState"] for c in jobs.cluster.completions() if c.get("ArrayJobId") == array)
+        if ends == ["COMPLETED", "COMPLETED", "PENDING"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert ends == ["COMPLETED", "COMPLETED", "PENDING"], ends  # one requeue, both done

@@ -15,13 +15,9 @@ P(X > Y) = P(X > Y) + 0.5 P(X = Y) over all pairs of runs, averaged over tasks.
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import html
 import io
 import itertools
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from flowpwm.analysis.report import csv_text, fmt_ci, fmt_general, fmt_number, markdown_to_html, md_table
 from flowpwm.analysis.runs import Run, load_run
 from flowpwm.analysis.smoothing import parse_smooth, smooth as smooth_values
 from flowpwm.config import UserError
@@ -313,152 +310,6 @@ def _finals_figure(stats_by_group: dict[str, dict]) -> bytes:
 
 
 # -- report rendering -----------------------------------------------------------------------------
-def _f(x, digits=1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
-def _g(x) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.3g}"
-
-
-def _ci(point, ci, digits=1) -> str:
-    lo, hi = ci
-    if math.isnan(lo):
-        return _f(point, digits)
-    return f"{_f(point, digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(v):
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """Markdown inline spans -> HTML: `code`, **bold**, *italic*; the rest escaped."""
-    out = []
-    for i, part in enumerate(re.split(r"(`[^`]*`)", text)):
-        if i % 2:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        part = html.escape(part, quote=False)
-        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
-        part = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", part)
-        out.append(part)
-    return "".join(out)
-
-
-def _split_row(line: str) -> list[str]:
-    cells = re.split(r"(?<!\\)\|", line.strip().strip("|") if line.strip() != "|" else "")
-    return [c.strip().replace("\\|", "|") for c in cells]
-
-
-IMAGE_LINE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)$")
-
-
-def markdown_to_html(md: str, images: dict[str, bytes] | None = None, title: str = "Run comparison") -> str:
-    """A self-contained HTML page from the markdown this module writes (headings, paragraphs,
-    pipe tables, lists, block quotes, fenced code, images on their own line). Images found in
-    `images` (name -> PNG bytes) are embedded as data URIs; others are shown as their alt text."""
-    images = images or {}
-    body, para, lines, i = [], [], md.splitlines(), 0
-
-    def flush():
-        if para:
-            body.append(f"<p>{_inline(' '.join(para))}</p>")
-            para.clear()
-
-    while i < len(lines):
-        line = lines[i].rstrip()
-        stripped = line.strip()
-        if not stripped:
-            flush()
-            i += 1
-        elif stripped.startswith("```"):
-            flush()
-            block, i = [], i + 1
-            while i < len(lines) and not lines[i].strip().startswith("```"):
-                block.append(lines[i])
-                i += 1
-            body.append(f"<pre><code>{html.escape(chr(10).join(block))}</code></pre>")
-            i += 1
-        elif m := re.match(r"^(#{1,6})\s+(.*)$", stripped):
-            flush()
-            level = len(m.group(1))
-            body.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-            i += 1
-        elif m := IMAGE_LINE.match(stripped):
-            flush()
-            src, alt = m.group("src"), m.group("alt")
-            if src in images:
-                data = base64.b64encode(images[src]).decode("ascii")
-                body.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline(alt)}</figcaption></figure>")
-            else:
-                body.append(f"<p><em>[image: {_inline(alt or src)}]</em></p>")
-            i += 1
-        elif stripped.startswith("|"):
-            flush()
-            rows = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append(_split_row(lines[i]))
-                i += 1
-            is_rule = len(rows) > 1 and all(re.fullmatch(r":?-+:?", c) for c in rows[1] if c)
-            head, rest = (rows[0], rows[2:]) if is_rule else (None, rows)
-            out = ["<table>"]
-            if head is not None:
-                out.append("<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>")
-            out.append("<tbody>" + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
-                                           for r in rest) + "</tbody></table>")
-            body.append("".join(out))
-        elif stripped.startswith("> "):
-            flush()
-            quote = []
-            while i < len(lines) and lines[i].strip().startswith(">"):
-                quote.append(lines[i].strip()[1:].strip())
-                i += 1
-            body.append(f"<blockquote>{_inline(' '.join(quote))}</blockquote>")
-        elif re.match(r"^[-*]\s+", stripped):
-            flush()
-            items = []
-            while i < len(lines) and re.match(r"^\s*[-*]\s+", lines[i]):
-                items.append(re.sub(r"^\s*[-*]\s+", "", lines[i]).strip())
-                i += 1
-            body.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
-        else:
-            para.append(stripped)
-            i += 1
-    flush()
-    style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:.3em .6em;"
-             "text-align:left}th{background:#f0f0f0}img{max-width:100%}figure{margin:1em 0}"
-             "figcaption{color:#555;font-size:.9em}blockquote{background:#fff4e0;border-left:4px solid #f0a000;"
-             "margin:1em 0;padding:.5em 1em}code{background:#f4f4f4;padding:0 .2em}pre{background:#f4f4f4;padding:.5em}")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{style}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
-
-
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return ""
-        return "" if v is None else v
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for row in rows:
-        w.writerow([cell(v) for v in row])
-    return buf.getvalue()
-
-
 # -- the comparison -------------------------------------------------------------------------------
 def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "comparison", smooth=("ema", 0.6),
                  final_window: int = 1, n_bootstrap: int = 10000, seed: int = 0,
@@ -568,7 +419,7 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
 
     md = _report_markdown(loaded, per_group, pairs, curves, images, notes, smooth_text, final_window,
                           n_bootstrap, seed, extra_sections)
-    summary_csv = _csv_text(
+    summary_csv = csv_text(
         ["group", "n", "seeds", "tasks", "final_env_steps_min", "final_env_steps_max", "mean", "mean_ci_low",
          "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high", "sd", "median", "wall_time_min_mean",
          "wall_time_min_sd", "peak_rss_mib", "final_esnr_db"],
@@ -576,7 +427,7 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
           max(g["final_env_steps"]), g["mean"], *g["mean_ci"], g["iqm"], *g["iqm_ci"], g["sd"], g["median"],
           g["wall_time_min_mean"], g["wall_time_min_sd"], g["peak_rss_mib"], g["final_esnr_db"]]
          for name, g in per_group.items()])
-    tests_csv = _csv_text(
+    tests_csv = csv_text(
         ["x", "y", "n_x", "n_y", "welch_t", "welch_p", "mannwhitney_u", "mannwhitney_p", "prob_improvement",
          "prob_improvement_ci_low", "prob_improvement_ci_high"],
         [[p["x"], p["y"], p["n_x"], p["n_y"], p["welch_t"], p["welch_p"], p["mannwhitney_u"], p["mannwhitney_p"],
@@ -606,21 +457,21 @@ def _report_markdown(loaded, per_group, pairs, curves, images, notes, smooth_tex
            "Final return of a run: its last eval return. ") + f"IQM: interquartile mean "
           f"(mean of the middle 50 % of runs, `scipy.stats.trim_mean(x, 0.25)`). Intervals: 95 % percentile "
           f"bootstrap over runs, stratified by `{TASK_KEY}` ({n_bootstrap} resamples, seed {seed}).", ""]
-    s.append(_table(["group", "n", "seeds", "final env steps", "mean [95 % CI]", "IQM [95 % CI]", "sd", "median",
+    s.append(md_table(["group", "n", "seeds", "final env steps", "mean [95 % CI]", "IQM [95 % CI]", "sd", "median",
                      "per-run finals"],
                     [[name, g["n"], ", ".join(str(x) for x in g["seeds"]), _steps_text(g["final_env_steps"]),
-                      _ci(g["mean"], g["mean_ci"]), _ci(g["iqm"], g["iqm_ci"]), _f(g["sd"]), _f(g["median"]),
-                      ", ".join(_f(v) for v in g["finals"])] for name, g in per_group.items()]))
+                      fmt_ci(g["mean"], g["mean_ci"]), fmt_ci(g["iqm"], g["iqm_ci"]), fmt_number(g["sd"]), fmt_number(g["median"]),
+                      ", ".join(fmt_number(v) for v in g["finals"])] for name, g in per_group.items()]))
     s += ["", "![Final performance per run with IQM and mean](final_returns.png)", ""]
     s += ["## Pairwise comparisons", ""]
     if pairs:
         s += [("Welch's t-test (unequal variances) and Mann–Whitney U (two-sided) on the final returns; "
                "P(X > Y) = P(X > Y) + 0.5 P(X = Y) over all pairs of runs (per task, then averaged), "
                "with a 95 % percentile bootstrap CI resampling each group's runs independently."), ""]
-        s.append(_table(["X", "Y", "n X / n Y", "Welch t", "Welch p", "Mann–Whitney U", "MW p", "P(X > Y) [95 % CI]"],
-                        [[p["x"], p["y"], f"{p['n_x']} / {p['n_y']}", _f(p["welch_t"], 2), _g(p["welch_p"]),
-                          _f(p["mannwhitney_u"], 1), _g(p["mannwhitney_p"]),
-                          _ci(p["prob_improvement"], p["prob_improvement_ci"], 2)] for p in pairs]))
+        s.append(md_table(["X", "Y", "n X / n Y", "Welch t", "Welch p", "Mann–Whitney U", "MW p", "P(X > Y) [95 % CI]"],
+                        [[p["x"], p["y"], f"{p['n_x']} / {p['n_y']}", fmt_number(p["welch_t"], 2), fmt_general(p["welch_p"]),
+                          fmt_number(p["mannwhitney_u"], 1), fmt_general(p["mannwhitney_p"]),
+                          fmt_ci(p["prob_improvement"], p["prob_improvement_ci"], 2)] for p in pairs]))
     else:
         s.append("One group only: no pairwise tests.")
     band = ("Each run is interpolated onto a common env-step grid that ends at the group's shortest run's last "
@@ -633,14 +484,14 @@ def _report_markdown(loaded, per_group, pairs, curves, images, notes, smooth_tex
             s += ["", f"## {title}", "", f"`{key}` vs env steps. {band} Grid ends: {ends}.", "",
                   f"![{title}]({image})"]
     s += ["", "## Compute", "",
-          _table(["group", "wall time (min), mean ± sd", "peak RSS (MiB)", "final ESNR (dB)"],
-                 [[name, f"{_f(g['wall_time_min_mean'], 2)} ± {_f(g['wall_time_min_sd'], 2)}", _f(g["peak_rss_mib"], 0),
-                   _f(g["final_esnr_db"], 2)] for name, g in per_group.items()])]
+          md_table(["group", "wall time (min), mean ± sd", "peak RSS (MiB)", "final ESNR (dB)"],
+                 [[name, f"{fmt_number(g['wall_time_min_mean'], 2)} ± {fmt_number(g['wall_time_min_sd'], 2)}", fmt_number(g["peak_rss_mib"], 0),
+                   fmt_number(g["final_esnr_db"], 2)] for name, g in per_group.items()])]
     s += ["", "## Runs", "",
-          _table(["group", "run", "seed", "task", "world model", "final env steps", "final return"],
+          md_table(["group", "run", "seed", "task", "world model", "final env steps", "final return"],
                  [[g.name, r.path, _config_get(r.config, "seed", "–"), _config_get(r.config, TASK_KEY, "–"),
                    _config_get(r.config, "alg.world_model.type", "–"), r.evals[-1][0],
-                   _f(per_group[g.name]["finals"][j])] for g in loaded for j, r in enumerate(g.runs)])]
+                   fmt_number(per_group[g.name]["finals"][j])] for g in loaded for j, r in enumerate(g.runs)])]
     for title, body in extra_sections:
         s += ["", f"## {title}", "", body.rstrip()]
     return "\n".join(s) + "\n"
@@ -698,9 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     width = max(len(n) for n in result["groups"])
     for name, g in result["groups"].items():
-        print(f"{name:<{width}}  n={g['n']:<3d} mean {_ci(g['mean'], g['mean_ci'])}  IQM {_ci(g['iqm'], g['iqm_ci'])}")
+        print(f"{name:<{width}}  n={g['n']:<3d} mean {fmt_ci(g['mean'], g['mean_ci'])}  IQM {fmt_ci(g['iqm'], g['iqm_ci'])}")
     for pr in result["pairs"]:
-        print(f"{pr['x']} vs {pr['y']}: Welch p={_g(pr['welch_p'])}, Mann-Whitney p={_g(pr['mannwhitney_p'])}, "
-              f"P({pr['x']} > {pr['y']})={_ci(pr['prob_improvement'], pr['prob_improvement_ci'], 2)}")
+        print(f"{pr['x']} vs {pr['y']}: Welch p={fmt_general(pr['welch_p'])}, Mann-Whitney p={fmt_general(pr['mannwhitney_p'])}, "
+              f"P({pr['x']} > {pr['y']})={fmt_ci(pr['prob_improvement'], pr['prob_improvement_ci'], 2)}")
     print(f"report: {result['files']['report.md']} (also report.html, summary.csv, tests.csv)")
     return 0
