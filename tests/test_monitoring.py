@@ -166,3 +166,10 @@ def test_resume_cuts_the_metrics_file_back_to_the_checkpoint(tmp_path):
     train(cfg_for("mlp", epochs=4, extra=["resume=auto"]), tmp_path, **QUIET)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2, 3, 4]
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_its_metrics_over(tmp_path):
+    tmp_path.joinpath("metrics.jsonl").write_text('{"epoch": 0, "env_steps": 40}\n{"epoch": 1, "env_st')
+    train(cfg_for("mlp", epochs=2, extra=["resume=auto"]), tmp_path, **QUIET)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]

@@ -91,6 +91,8 @@ class OnlineTrainer:
         self.resumed = checkpoint.exists()
         if self.resumed:
             self.restore(checkpoint)
+        else:  # a job that died before its first checkpoint and is run again starts its metrics over
+            self.logged_epochs = self.run.truncate_metrics(-1)
         write_run_metadata(self.run.path, cfg)
         # A resumed run starts new episodes (env state is not checkpointed): other seeds than at the start.
         self.obs = self.env.reset(seed=int(cfg.seed) + 1_000_003 * self.epoch)

@@ -49,10 +49,10 @@ class RunDir:
     def truncate_metrics(self, epoch: int) -> int:
         """Keep only records up to `epoch` (a run resumed from that checkpoint redoes the rest);
         returns the last epoch that had been logged before."""
-        records = self.records()
-        if not records:
+        if not self.metrics_path.exists():
             return 0
-        last = max(int(r.get("epoch", 0)) for r in records)
+        records = self.records()
+        last = max((int(r.get("epoch", 0)) for r in records), default=0)
         kept = "".join(json.dumps(r) + "\n" for r in records if int(r.get("epoch", 0)) <= epoch)
         atomic_write_text(self.metrics_path, kept)
         return last
