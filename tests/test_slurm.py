@@ -159,13 +159,14 @@ def test_hydra_slurm_launcher_config():
     assert hydra["launcher"]["submitit_folder"] == "${hydra.sweep.dir}/.submitit/%j"
 
 
-def config_reads_flowpwm_resume() -> bool:
-    """Whether the config's `resume` follows FLOWPWM_RESUME, which the launcher sets to auto in
-    every job (hydra.job.env_set)."""
+def test_config_resume_follows_the_launchers_flowpwm_resume():
     from flowpwm.config import compose
 
     with mock.patch.dict(os.environ, {"FLOWPWM_RESUME": "auto"}):
-        return compose([]).resume == "auto"
+        assert compose([]).resume == "auto"
+    with mock.patch.dict(os.environ, {}, clear=False):
+        os.environ.pop("FLOWPWM_RESUME", None)
+        assert compose([]).resume is None
 
 
 # -- with Slurm ----------------------------------------------------------------------------------
@@ -244,10 +245,9 @@ class Jobs:
 
     def start_multirun(self):
         env = {**self.env, "FLOWPWM_CPUS_PER_RUN": "1", "FLOWPWM_MEM_GB": "1", "FLOWPWM_TIMEOUT_MIN": "10"}
-        # Until configs/config.yaml reads FLOWPWM_RESUME, a Slurm sweep needs resume=auto by hand.
-        resume = [] if config_reads_flowpwm_resume() else ["resume=auto"]
+        # No resume=auto: the launcher's FLOWPWM_RESUME=auto must make the requeued task resume.
         args = [sys.executable, "-m", "flowpwm.cli", "train", "-m", "hydra/launcher=slurm", "seed=1,2", *LONG,
-                *resume, f"hydra.sweep.dir={self.sweep}"]
+                f"hydra.sweep.dir={self.sweep}"]
         with open(self.root / "multirun.log", "w") as out:
             self.launcher = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.root)
 
