@@ -31,6 +31,8 @@ def wandb_records(path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     data, block = open(path, "rb").read(), 32 * 1024
+    if len(data) < 7:  # not written yet
+        return []
     assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
     pos, parts, out = 7, b"", []
     while pos + 7 <= len(data):
@@ -55,9 +57,16 @@ def wandb_history(run_dir):
     """(run id, logged rows) of an offline W&B run directory; values decoded from JSON."""
     import json
 
+    import time
+
     (log,) = run_dir.glob("run-*.wandb")
+    deadline = time.monotonic() + 30
+    records = wandb_records(log)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)  # wandb-core writes the log in its own process; wait for the run's end
+        records = wandb_records(log)
     run_id, rows = None, []
-    for r in wandb_records(log):
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             run_id = r.run.run_id

@@ -217,3 +217,6 @@ class WandBLogger:
         if self.enabled:
             self.run.finish(exit_code=exit_code)
             self.run = None
+            # finish() can return before wandb-core has written the run's files (seen under load):
+            # teardown waits for the service, so a job that ends next has complete offline runs.
+            self._wandb.teardown()
