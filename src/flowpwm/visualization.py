@@ -171,6 +171,18 @@ class TrainingVisualizer:
         by_time.set_title("eval return vs wall time")
         return self._finish(fig, [by_steps, by_time])
 
+    def _lines_with_seed_phase(self, ax, keys: list[str], pretrained: list[str]) -> None:
+        """A line per key, and an "x" in the same colour for each key's one seed-phase value
+        (epoch 0 logs `pretrain_<key>`)."""
+        colors = {}
+        for k in keys:
+            self._line(ax, k)
+            colors[k] = ax.get_lines()[-1].get_color()
+        for k in pretrained:
+            xs, ys = curve(self.run, f"pretrain_{k}")
+            ax.plot(xs, ys, linestyle="none", marker="x", markersize=7, color=colors.get(k),
+                    label=f"{k} (seed-phase pretraining)")
+
     def _world_model_losses(self) -> Figure | None:
         losses = [k for k in ("wm_loss", "dynamics_loss", "reward_loss") if self.has(k)]
         pretrain = [k for k in ("wm_loss", "dynamics_loss", "reward_loss") if self.has(f"pretrain_{k}")]
@@ -180,14 +192,7 @@ class TrainingVisualizer:
         fig, axes = self._new_figure(len(panels), 2)
         for ax, panel in zip(axes, panels):
             if panel == "losses":
-                colors = {}
-                for k in losses:
-                    self._line(ax, k)
-                    colors[k] = ax.get_lines()[-1].get_color()
-                for k in pretrain:  # the seed phase (epoch 0) logs one pretraining value each
-                    xs, ys = curve(self.run, f"pretrain_{k}")
-                    ax.plot(xs, ys, linestyle="none", marker="x", markersize=7, color=colors.get(k),
-                            label=f"{k} (seed-phase pretraining)")
+                self._lines_with_seed_phase(ax, losses, pretrain)
                 self._log_if_positive(ax)
                 ax.set_ylabel("loss")
                 ax.set_title("world-model losses")
@@ -208,14 +213,7 @@ class TrainingVisualizer:
         fig, axes = self._new_figure(len(panels), 2)
         for ax, panel in zip(axes, panels):
             if panel == "norms":
-                colors = {}
-                for k in norms:
-                    self._line(ax, k)
-                    colors[k] = ax.get_lines()[-1].get_color()
-                if pretrain:  # the seed phase (epoch 0) logs one world-model pretraining norm
-                    xs, ys = curve(self.run, "pretrain_wm_grad_norm")
-                    ax.plot(xs, ys, linestyle="none", marker="x", markersize=7, color=colors.get("wm_grad_norm"),
-                            label="wm_grad_norm (seed-phase pretraining)")
+                self._lines_with_seed_phase(ax, norms, ["wm_grad_norm"] if pretrain else [])
                 self._log_if_positive(ax)
                 ax.set_ylabel("gradient L2 norm")
                 ax.set_title("gradient norms")

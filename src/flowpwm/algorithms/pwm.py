@@ -15,6 +15,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from flowpwm.algorithms.running_stats import RunningMeanStd
+from flowpwm.esnr import compute_esnr
 from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
 from flowpwm.models.actor import Actor
 from flowpwm.models.critic import Critic
@@ -139,6 +140,17 @@ class PWM:
         params = list(self.actor.parameters())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+
+    def actor_esnr(self, start_states, task=None, seed: int | None = None) -> dict[str, float]:
+        """ESNR of the actor gradient over micro-batches of start states at the current
+        parameters. The global RNG is forked (and seeded, given `seed`), so the caller's random
+        stream is untouched."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if seed is not None:
+                torch.manual_seed(seed)
+            grads = torch.stack([self.actor_gradient(obs0, task) for obs0 in start_states])
+        return compute_esnr(grads)
 
     def update(self, obs, action, reward, task=None) -> dict[str, float]:
         """Offline step on one batch of slices: world model, then actor and critic from obs[0]."""

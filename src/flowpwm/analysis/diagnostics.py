@@ -26,7 +26,6 @@ from flowpwm import integrators
 from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
-from flowpwm.esnr import compute_esnr
 from flowpwm.fileio import atomic_write_text
 
 FINE_SUBSTEPS = 32  # the fewest reference steps; more when the τ features need them
@@ -285,11 +284,8 @@ def checkpoint_esnr(agent: PWM, buffer: ReplayBuffer, samples: int = 16, seed: i
     `samples` micro-batches of `actor_batch_size` start states from the buffer."""
     gen = torch.Generator().manual_seed(seed)
     batch = int(agent.cfg.actor_batch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        grads = torch.stack([agent.actor_gradient(buffer.sample(batch, agent.horizon, generator=gen)["obs"][0])
-                             for _ in range(samples)])
-    return compute_esnr(grads)
+    return agent.actor_esnr((buffer.sample(batch, agent.horizon, generator=gen)["obs"][0] for _ in range(samples)),
+                            seed=seed)
 
 
 def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,

@@ -18,7 +18,7 @@ from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.envs import make_env
-from flowpwm.esnr import ESNRTracker, compute_esnr
+from flowpwm.esnr import ESNRTracker
 from flowpwm.monitoring import TrainingMonitor, WandBLogger
 from flowpwm.reproducibility import ExperimentConfig, format_diff, set_seed, write_run_metadata
 from flowpwm.training.header import run_header
@@ -127,11 +127,7 @@ class OnlineTrainer:
         parameters. Its own generator and a forked RNG: training's random stream is untouched."""
         start, batch = time.perf_counter(), int(self.cfg.alg.actor_batch_size)
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.epoch)
-        cuda = [self.agent.device.index or 0] if self.agent.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            grads = torch.stack([self.agent.actor_gradient(self.sample(batch, gen)[0][0])
-                                 for _ in range(int(self.cfg.train.esnr_samples))])
-        values = compute_esnr(grads)
+        values = self.agent.actor_esnr(self.sample(batch, gen)[0][0] for _ in range(int(self.cfg.train.esnr_samples)))
         out = self.esnr.update({k: values[k] for k in ESNR_KEYS})
         out["esnr_time"] = time.perf_counter() - start
         return out
@@ -186,14 +182,15 @@ class OnlineTrainer:
                                   stream=self.monitor_stream, echo=self.log_fn)
         self.log_fn(run_header(self, wandb.describe()))
         start = time.perf_counter() - self.wall_time
-        # A resumed run that has nothing left to do still reports its last eval.
-        evals = [r for r in self.run.records() if "eval_return" in r and r["epoch"] > 0]
-        last: dict[str, float] = evals[-1] if evals else {}
+        # A resumed run reports its earlier evals (the untrained one, and the last if nothing is left).
+        earlier = [r for r in self.run.records() if "eval_return" in r]
+        untrained = next((r["eval_return"] for r in earlier if r["epoch"] == 0), float("nan"))
+        last: dict[str, float] = next((r for r in reversed(earlier) if r["epoch"] > 0), {})
         exit_code = 1
         with StopSignals() as stop:  # SIGUSR1/SIGTERM: finish the epoch, checkpoint, exit
             try:
                 if self.epoch == 0:
-                    self.seed_phase(start, monitor)
+                    untrained = self.seed_phase(start, monitor)
                 while self.epoch < self.total_epochs:
                     last = self.train_epoch(start, monitor, wandb) or last
                     if stop.received and self.epoch < self.total_epochs:
@@ -208,14 +205,12 @@ class OnlineTrainer:
             finally:
                 monitor.close()
                 wandb.finish(exit_code=exit_code)
-        records = self.run.records()
-        untrained = records[0].get("eval_return", float("nan")) if records else float("nan")
         return {"eval_return": last.get("eval_return", float("nan")), "untrained_return": untrained,
                 "env_steps": self.env_steps, "epochs": self.epoch, "wall_time": self.wall_time}
 
-    def seed_phase(self, start: float, monitor: TrainingMonitor) -> None:
-        """Random-action data, world-model pretraining, and the untrained policy's return: the
-        point the learning curve starts from (logged as epoch 0)."""
+    def seed_phase(self, start: float, monitor: TrainingMonitor) -> float:
+        """Random-action data, world-model pretraining, and the untrained policy's return (the
+        point the learning curve starts from, logged as epoch 0), which it returns."""
         cfg = self.cfg
         seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
         self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
@@ -225,6 +220,7 @@ class OnlineTrainer:
                       f"(untrained policy)")
         self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
                       **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
+        return initial["eval_return"]
 
     def train_epoch(self, start: float, monitor: TrainingMonitor, wandb: WandBLogger) -> dict[str, float] | None:
         """One epoch; returns its record when it evaluated."""
