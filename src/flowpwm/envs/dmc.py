@@ -1,5 +1,8 @@
 """dm_control suite tasks with TD-MPC2 conventions: "domain-task" names (`cup` is
-`ball_in_cup`), action repeat 2, 500 agent steps per episode, flattened state observations."""
+`ball_in_cup`), action repeat 2, 500 agent steps per episode, flattened state observations.
+
+Also TD-MPC2's spellings of suite tasks (`cartpole-balance-sparse` for `cartpole-balance_sparse`)
+and its 11 custom tasks (envs/dmc_custom.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 
 from flowpwm.config import UserError
 from flowpwm.envs.base import BatchedEnv, StepResult
+from flowpwm.envs.tasksets import CUSTOM_TASKS
 
 # Headless machines: MuJoCo must not look for a display when dm_control is imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -55,6 +59,13 @@ DMC_TASKS: tuple[str, ...] = (
 )
 
 
+# TD-MPC2 writes every name with hyphens: `finger-turn-easy` is dm_control's `finger-turn_easy`.
+TDMPC2_NAMES: dict[str, str] = {
+    f"{t.split('-', 1)[0]}-{t.split('-', 1)[1].replace('_', '-')}": t for t in DMC_TASKS if "_" in t.split("-", 1)[1]
+}
+ALL_DMC_TASKS: tuple[str, ...] = (*DMC_TASKS, *TDMPC2_NAMES, *CUSTOM_TASKS)
+
+
 def suite_name(task: str) -> tuple[str, str]:
     """'cup-catch' -> ('ball_in_cup', 'catch'): the (domain, task) pair dm_control loads."""
     domain, _, name = task.partition("-")
@@ -69,6 +80,19 @@ def _suite() -> Any:
     return suite
 
 
+def _load(task: str, seed: int) -> Any:
+    """A dm_control Environment for a suite task (either spelling) or a custom task."""
+    suite = _suite()
+    if task in CUSTOM_TASKS:
+        from flowpwm.envs import dmc_custom
+
+        return dmc_custom.load(task, random=seed)
+    domain, name = suite_name(TDMPC2_NAMES.get(task, task))
+    if task not in ALL_DMC_TASKS or (domain, name) not in suite.ALL_TASKS:
+        raise UserError(f"unknown dm_control task {task!r}: choose one of {', '.join(ALL_DMC_TASKS)}")
+    return suite.load(domain, name, task_kwargs={"random": seed})
+
+
 def _flatten(observation: dict[str, Any]) -> np.ndarray:
     # dm_control returns an ordered dict; scalars (e.g. 'height') become length-1 pieces.
     return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in observation.values()])
@@ -78,13 +102,9 @@ class DMCEnv(BatchedEnv):
     def __init__(self, task: str, num_envs: int = 1, seed: int = 0, action_repeat: int = 2,
                  device: str = "cpu"):
         super().__init__(num_envs, seed, device)
-        suite = _suite()
-        domain, name = suite_name(task)
-        if task not in DMC_TASKS or (domain, name) not in suite.ALL_TASKS:
-            raise UserError(f"unknown dm_control task {task!r}: choose one of {', '.join(DMC_TASKS)}")
         self.task = task
         self.action_repeat = action_repeat
-        self._envs = [suite.load(domain, name, task_kwargs={"random": seed + i}) for i in range(num_envs)]
+        self._envs = [_load(task, seed + i) for i in range(num_envs)]
 
         spec = self._envs[0].action_spec()
         self.action_dim = int(np.prod(spec.shape))
