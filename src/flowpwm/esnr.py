@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch
 
+from flowpwm.ema import ema_update
+
 Grads = Union[torch.Tensor, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]]
 
 # A zero-variance direction with a non-zero mean is "infinitely clean"; capping keeps every value
@@ -126,8 +128,7 @@ class ESNRTracker:
         for k, v in values.items():
             v = float(v)
             self._latest[k] = v
-            # First value seeds the EMA: starting from 0 would bias early readings towards 0.
-            self._ema[k] = v if k not in self._ema else self.ema * self._ema[k] + (1.0 - self.ema) * v
+            self._ema[k] = ema_update(self._ema.get(k), v, self.ema)
             hist = self._history.setdefault(k, deque(maxlen=self.window))
             hist.append(v)
             out[k] = v

@@ -15,13 +15,12 @@ from typing import IO
 import numpy as np
 import torch.nn as nn
 
+from flowpwm.ema import ema_update
+
 # Metrics shown in the progress postfix, with their short labels.
 SHOWN = {"eval_return": "eval", "actor_loss": "actor", "critic_loss": "critic", "wm_loss": "wm", "fps": "fps"}
-
-
-def ema_update(old: float | None, new: float, alpha: float) -> float:
-    """Exponential moving average; the first value starts it unsmoothed."""
-    return new if old is None else alpha * old + (1 - alpha) * new
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
 
 
 def format_duration(seconds: float) -> str:
@@ -41,8 +40,8 @@ class TrainingMonitor:
 
     def __init__(self, total_epochs: int, initial_epoch: int = 0, mode: str = "auto", print_every_s: float = 30.0,
                  ema: float = 0.9, stream: IO[str] | None = None, echo=print, clock=time.monotonic):
-        if mode not in ("auto", "bar", "lines", "off"):
-            raise ValueError(f"monitor mode {mode!r}: use auto, bar, lines or off")
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"monitor mode {mode!r}: use one of {', '.join(PROGRESS_MODES)}")
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"
@@ -120,8 +119,8 @@ def wandb_api_key_configured() -> bool:
 def resolve_wandb_mode(mode: str) -> str:
     if mode == "auto":
         return "online" if wandb_api_key_configured() else "offline"
-    if mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"wandb.mode={mode!r}: use online, offline, disabled or auto")
+    if mode not in WANDB_MODES:
+        raise ValueError(f"wandb.mode={mode!r}: use one of {', '.join(WANDB_MODES)}")
     return mode
 
 

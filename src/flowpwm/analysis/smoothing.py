@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowpwm.ema import ema_series
+
 
 def smooth(values, method: str = "ema", amount: float = 0.0) -> np.ndarray:
-    """`ema`: exponential moving average with weight `amount` in [0, 1) on the past (0 = raw),
-    debiased so the first points are not pulled towards 0. `window`: trailing mean over the
+    """`ema`: `flowpwm.ema.ema_series` with weight `amount` in [0, 1) on the past (0 = raw;
+    the first value starts the average). `window`: trailing mean over the
     last `int(amount)` points (<= 1 = raw). NaNs are skipped (they keep the running value)."""
     y = np.asarray(values, dtype=float)
     if method == "ema":
-        if not 0.0 <= amount < 1.0:
-            raise ValueError(f"ema smoothing must be in [0, 1), got {amount}")
-        out, acc, weight = np.empty_like(y), 0.0, 0.0
-        for i, v in enumerate(y):
-            if np.isfinite(v):
-                acc, weight = amount * acc + (1 - amount) * v, amount * weight + (1 - amount)
-            out[i] = acc / weight if weight > 0 else np.nan
-        return out
+        return np.asarray(ema_series(y, amount), dtype=float)
     if method == "window":
         n = int(amount)
         if n <= 1:
