@@ -11,6 +11,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
+from flowpwm.fileio import csv_cell
+
 
 def fmt_number(x, digits=1) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -145,14 +147,9 @@ def markdown_to_html(md: str, images: dict[str, bytes] | None = None, title: str
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return ""
-        return "" if v is None else v
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for row in rows:
-        w.writerow([cell(v) for v in row])
+        w.writerow([csv_cell(v) for v in row])
     return buf.getvalue()
