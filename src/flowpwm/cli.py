@@ -13,6 +13,8 @@ commands:
                      e.g. `flowpwm train wm=mlp seed=1`, `flowpwm train -m seed=1,2,3`)
   demo               the default job: `train` with the default config
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
+  check-config [-m] [--no-hardware] [k=v ...]   compose and check the config (each sweep job's with -m)
+                     as `train` would, without running anything; one line per problem, exit 2
   parity [options]   baseline vs flow parameter counts (--help for options)
   results [options]  eval return vs env steps for groups of runs (--help for options)
   diagnose RUN_DIR|CHECKPOINT  open-loop error vs horizon, flow straightness, NFE, Jacobian norm (--help)
@@ -49,18 +51,30 @@ def _train(args: list[str]) -> int:
     from flowpwm.config import config_dir
 
     args = translate_wm(args)
+    flags = {a for a in args if a.startswith("-")}
+    if flags <= {"-m", "--multirun"}:  # every job's config is checked before Hydra makes a directory
+        from flowpwm.schema import check_overrides
+
+        overrides = [a for a in args if not a.startswith("-")]
+        check_overrides(overrides, multirun=bool(flags),
+                        hardware=not any(o.startswith("hydra/launcher=") for o in overrides))
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name="config")
     def hydra_train(cfg: DictConfig) -> float:
+        from pathlib import Path
+
         from hydra.core.hydra_config import HydraConfig
 
         from flowpwm.training.online import train
         from flowpwm.training.preemption import EXIT_REQUEUE, Preempted
 
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            return train(cfg, HydraConfig.get().runtime.output_dir)["eval_return"]
-        except UserError as e:  # inside Hydra's job: report here, one line
-            print(f"flowpwm train: error: {e}", file=sys.stderr)
+            return train(cfg, output_dir)["eval_return"]
+        except UserError as e:  # inside Hydra's job: report here, one line per problem
+            if output_dir.is_dir() and not any(output_dir.iterdir()):
+                output_dir.rmdir()  # Hydra made it for this job; nothing was written
+            print_error("train", e)
             raise SystemExit(2)
         except Preempted as e:
             print(f"flowpwm train: stopped on {e}", file=sys.stderr)
@@ -76,10 +90,26 @@ def _train(args: list[str]) -> int:
 
 
 def _fit_wm(args: list[str]) -> int:
-    from flowpwm.config import compose
+    from flowpwm.schema import check_overrides
     from flowpwm.training.fit_wm import fit_world_model
 
-    fit_world_model(compose(args))
+    (cfg,) = check_overrides(translate_wm(args))
+    fit_world_model(cfg)
+    return 0
+
+
+def _check_config(args: list[str]) -> int:
+    from flowpwm.schema import check_overrides
+
+    multirun = bool({"-m", "--multirun"} & set(args))
+    overrides = [a for a in args if not a.startswith("-")]
+    bad = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun", "--no-hardware")]
+    if bad:
+        raise UserError(f"check-config: unknown option {bad[0]}: use -m/--multirun, --no-hardware, then k=v overrides")
+    configs = check_overrides(translate_wm(overrides), multirun=multirun, hardware="--no-hardware" not in args)
+    for cfg in configs:
+        print(f"config OK: alg={cfg.alg.name} env.task={cfg.env.task} seed={cfg.seed} device={cfg.device} "
+              f"train.env_steps={cfg.train.env_steps}")
     return 0
 
 
@@ -114,7 +144,13 @@ def _compare(args: list[str]) -> int:
 
 
 COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results,
-            "diagnose": _diagnose, "plot": _plot, "compare": _compare}
+            "diagnose": _diagnose, "plot": _plot, "compare": _compare, "check-config": _check_config}
+
+
+def print_error(command: str, e: UserError) -> None:
+    """A user mistake: one line per problem on stderr."""
+    for line in str(e).splitlines() or [type(e).__name__]:
+        print(f"flowpwm {command}: error: {line}", file=sys.stderr)
 
 
 def run_command(command: str, args: list[str]) -> int:
@@ -122,7 +158,7 @@ def run_command(command: str, args: list[str]) -> int:
     try:
         return COMMANDS[command](args)
     except UserError as e:
-        print(f"flowpwm {command}: error: {e}", file=sys.stderr)
+        print_error(command, e)
         return 2
 
 

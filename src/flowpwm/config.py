@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import secrets
+import string
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# `${uid:}` in hydra.run.dir / hydra.sweep.dir: 6 random characters, one value per composed
+# config (cached like Hydra's `${now:}`, and copied with it into every job of a sweep), so two
+# runs started in the same second get different directories.
+OmegaConf.register_new_resolver(
+    "uid", lambda: "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6)),
+    use_cache=True, replace=True)
 
 
 class UserError(Exception):
@@ -40,6 +50,11 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
             return hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
+        unknown = re.match(r"Could not override '([^']+)'", first)
+        if unknown:  # Hydra's hint (`+key=value`) would add the key; the schema refuses unknown keys
+            from flowpwm.schema import unknown_key_line
+
+            raise UserError(unknown_key_line(unknown.group(1), show_value=False)) from e
         raise UserError(f"config {list(overrides)}: {first} (algorithms: {', '.join(alg_names())})") from e
 
 
