@@ -6,6 +6,7 @@ import torch
 
 from flowpwm.config import compose
 from flowpwm.envs import make_env
+from flowpwm.rundir import CHECKPOINT_FORMAT
 from flowpwm.training.online import OnlineTrainer, train
 
 FAST = ["env.num_envs=2", "train.seed_steps=40", "train.pretrain_iterations=2", "train.steps_per_epoch=4",
@@ -56,10 +57,11 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
     cfg = cfg_for("flow")
     t = OnlineTrainer(cfg, tmp_path / "a", log=lambda *_: None)
     t.train()
-    state = torch.load(t.run.latest_checkpoint, weights_only=False)
+    state = torch.load(t.run.latest_checkpoint, weights_only=True)  # tensors and plain values only
     fresh = OnlineTrainer(cfg, tmp_path / "b", log=lambda *_: None)
     fresh.agent.load_state_dict(state["agent"])
-    fresh.buffer.load_state_dict(state["buffer"])
+    fresh.buffer.load_state_dict(t.run.load_buffer(state))
+    assert len(fresh.buffer) == len(t.buffer) and state["format"] == CHECKPOINT_FORMAT
     obs = torch.randn(5, t.env.obs_dim)
     assert torch.equal(t.agent.act(obs, deterministic=True), fresh.agent.act(obs, deterministic=True))
     torch.manual_seed(7)

@@ -23,6 +23,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from flowpwm.fileio import atomic_write_bytes
+from flowpwm.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------
 # Seeding
@@ -50,6 +51,32 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The python, numpy and torch (and `generator`'s) RNG states as tensors and plain values,
+    so a checkpoint holding them loads with `torch.load(weights_only=True)`."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next}}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if generator is not None:
+        generator.set_state(state["generator"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,15 +369,15 @@ def write_run_metadata(
     Returns the provenance dict. When a dataset manifest is given, its own sha256 is recorded too,
     so two runs can be checked for identical data from provenance.json alone.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     manifest_bytes = Path(dataset_manifest).read_bytes() if dataset_manifest is not None else None  # fail before writing
     exp = ExperimentConfig(cfg)
-    exp.save(run_dir / "config.yaml")
-    atomic_write_bytes(run_dir / "config_hash.txt", (exp.hash + "\n").encode("utf-8"))
+    exp.save(run.config)
+    atomic_write_bytes(run.config_hash, (exp.hash + "\n").encode("utf-8"))
     prov = run_provenance()
     prov["config_hash"] = exp.hash
     if manifest_bytes is not None:
-        atomic_write_bytes(run_dir / "dataset_manifest.json", manifest_bytes)
+        atomic_write_bytes(run.path / "dataset_manifest.json", manifest_bytes)
         prov["dataset_manifest_sha256"] = hashlib.sha256(manifest_bytes).hexdigest()
-    atomic_write_bytes(run_dir / "provenance.json", (json.dumps(prov, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(run.provenance, (json.dumps(prov, indent=2) + "\n").encode("utf-8"))
     return prov

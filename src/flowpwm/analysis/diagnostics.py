@@ -14,7 +14,6 @@ markdown; `--json PATH` writes them atomically."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,44 +25,14 @@ from flowpwm import integrators
 from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
-from flowpwm.fileio import atomic_write_text
+from flowpwm.fileio import atomic_write_text, json_text
+from flowpwm.models.rollout import open_loop_errors, open_loop_from_latents  # noqa: F401 (re-exported)
+from flowpwm.rundir import RunDir
 
 FINE_SUBSTEPS = 32  # the fewest reference steps; more when the τ features need them
 MAX_FINE_SUBSTEPS = 4096
 REFERENCE_TOLERANCE = 0.05  # reference_gap median above this: the report warns
 SPECTRAL_ITERS = 20
-
-# ---------------------------------------------------------------------------------------------
-# open-loop errors
-
-
-@torch.no_grad()
-def open_loop_from_latents(wm, target: torch.Tensor, action: torch.Tensor,
-                           reward: torch.Tensor | None = None, task=None) -> dict:
-    """Roll `wm.next` open-loop from target[0] along `action` (H, B, A) and compare with the
-    true latents `target` (H+1, B, D).
-
-    Per step h = 1..H: latent MSE (mean over batch and latent entries) of the h-step
-    prediction, |predicted - true reward| of the step's transition (when `reward` (H, B, 1) is
-    given), and the smallest predicted latent entry (below 0 = off the SimNorm simplex); plus
-    the true and the predicted last latents."""
-    z, latent, rew, lowest = target[0], [], [], []
-    for t in range(action.shape[0]):
-        if reward is not None:
-            rew.append((wm.reward_value(z, action[t], task) - reward[t]).abs().mean().item())
-        z = wm.next(z, action[t], task)
-        latent.append((z - target[t + 1]).pow(2).mean().item())
-        lowest.append(z.min().item())
-    return {"latent_mse": latent, "reward_abs_err": rew, "min_latent": lowest,
-            "last_encoded": target[-1], "last_predicted": z}
-
-
-@torch.no_grad()
-def open_loop_errors(wm, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task=None) -> dict:
-    """Roll a world model open-loop from encoder(obs[0]) along the recorded actions; the true
-    latents are encoder(obs[h]). Returns what `open_loop_from_latents` does."""
-    return open_loop_from_latents(wm, wm.encode(obs, task), action, reward, task)
-
 
 # ---------------------------------------------------------------------------------------------
 # smoothness: spectral norm of the one-step Jacobian
@@ -237,42 +206,45 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
     (RUN_DIR/checkpoints/NAME.pt, RUN_DIR holding config.yaml)."""
     path = Path(path)
     if path.is_dir():
-        run_dir, ckpt = path, path / "checkpoints" / "latest.pt"
+        run_dir, ckpt = path, RunDir(path).latest_checkpoint
         if not ckpt.is_file():
             raise UserError(f"no checkpoint at {ckpt}: diagnose needs a run directory that saved one "
                             f"(or pass a checkpoint file)")
     elif path.is_file():
         run_dir, ckpt = path.parent.parent, path
-        if path.parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
+        if path.parent != RunDir(run_dir).checkpoints or not RunDir(run_dir).config.is_file():
             raise UserError(f"checkpoint {path} is not inside a run directory: expected "
                             f"RUN_DIR/checkpoints/{path.name} with RUN_DIR/config.yaml")
     else:
         raise UserError(f"{path} does not exist: pass a run directory or its checkpoints/latest.pt")
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise UserError(f"no config.yaml in run directory {run_dir}: diagnose needs the run's resolved config")
     return run_dir, ckpt
 
 
-def load_agent(run_dir_or_ckpt: str | Path) -> tuple[PWM, ReplayBuffer, dict]:
-    """The agent (eval mode, CPU), its replay buffer and the raw checkpoint state."""
+def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, ReplayBuffer | None, dict]:
+    """The agent (eval mode, CPU), its replay buffer (None with buffer=False: the buffer file
+    is not read) and the checkpoint state. Loads weights only: nothing in the files runs."""
     run_dir, ckpt = resolve_run(run_dir_or_ckpt)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    cfg = OmegaConf.load(run.config)
+    state = run.load_checkpoint(ckpt)
+    dims = state["dims"]
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        buf = state["buffer"]
-        agent_state = state["agent"]
-    except Exception as e:  # not a torch file, or not one of our checkpoints
-        why = (str(e).splitlines() or [""])[0]
-        raise UserError(f"{ckpt} is not a flowpwm checkpoint ({type(e).__name__}: {why})") from e
-    num_envs, obs_dim = buf["obs"].shape[1:]
-    action_dim = buf["action"].shape[-1]
-    agent = PWM(cfg.alg, obs_dim, action_dim)
-    agent.load_state_dict(agent_state)
+        agent = PWM(cfg.alg, int(dims["obs_dim"]), int(dims["action_dim"]))
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"{ckpt} does not match {run.config} ({str(e).splitlines()[0][:160]}): "
+                        f"the checkpoint and the config are from different runs") from None
     agent.wm.eval()
     agent.critic.eval()
-    buffer = ReplayBuffer(buf["obs"].shape[0] * num_envs, num_envs, obs_dim, action_dim)
-    buffer.load_state_dict(buf)
-    return agent, buffer, state
+    if not buffer:
+        return agent, None, state
+    buf = run.load_buffer(state, ckpt)
+    replay = ReplayBuffer(max(int(buf["filled"]), 1) * int(dims["num_envs"]), int(dims["num_envs"]),
+                          int(dims["obs_dim"]), int(dims["action_dim"]))
+    replay.load_state_dict(buf)
+    return agent, replay, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +346,7 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
     None when no run has a checkpoint. For the comparison report."""
     rows = []
     for name, dirs in groups.items():
-        results = [diagnose(d, slices=slices, seed=seed) for d in dirs
-                   if (Path(d) / "checkpoints" / "latest.pt").exists()]
+        results = [diagnose(d, slices=slices, seed=seed) for d in dirs if RunDir(d).has_checkpoint()]
         if not results:
             continue
         mean = lambda f: sum(f(r) for r in results) / len(results)  # noqa: E731
@@ -398,17 +369,6 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
     return "\n".join([head, "|---|---:|---:|---:|---|---:|---:|---:|---:|", *rows]) + note
 
 
-def _finite(x):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flowpwm diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -424,6 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     d = diagnose(args.run, slices=args.slices, seed=args.seed, fine_substeps=args.fine_substeps)
     print(format_report(d))
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(_finite(d), indent=2) + "\n")
+        atomic_write_text(args.json, json_text(d, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -4,13 +4,13 @@ returns against env steps; analysis never needs the live process or WandB."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from flowpwm.config import UserError
-from flowpwm.training.rundir import read_records
+from flowpwm.rundir import RunDir, damaged_note
 
 
 @dataclass
@@ -18,6 +18,8 @@ class Run:
     path: Path
     config: dict
     metrics: list[dict]
+    damaged: list[int] = field(default_factory=list)  # metrics.jsonl lines that could not be read
+    damaged_last_eval: int | None = None  # a damaged eval line after the last readable eval
 
     @property
     def evals(self) -> list[tuple[int, float]]:
@@ -31,11 +33,23 @@ class Run:
 
 
 def load_run(path: Path | str) -> Run:
-    path = Path(path)
-    metrics_file, config_file = path / "metrics.jsonl", path / "config.yaml"
-    if not metrics_file.exists() or not config_file.exists():
-        raise UserError(f"{path} is not a run directory (needs metrics.jsonl and config.yaml)")
-    return Run(path, OmegaConf.to_container(OmegaConf.load(config_file)), read_records(metrics_file))
+    run = RunDir(path)
+    if not run.metrics_path.exists() or not run.config.exists():
+        raise UserError(f"{run.path} is not a run directory (needs metrics.jsonl and config.yaml)")
+    m = run.metrics()
+    return Run(run.path, OmegaConf.to_container(OmegaConf.load(run.config)), m.records, m.damaged,
+               m.last_eval_damaged())
+
+
+def metrics_notes(runs: list[Run]) -> list[str]:
+    """A warning per run with damaged metrics lines; a UserError when a run's last eval line is
+    the damaged one (its final return would silently come from an earlier eval)."""
+    for r in runs:
+        if r.damaged_last_eval is not None:
+            raise UserError(f"{r.path / 'metrics.jsonl'}: line {r.damaged_last_eval} (an eval record after the last "
+                            f"readable one) is damaged, so the run's final return cannot be read; repair or delete "
+                            f"that line, or leave the run out")
+    return [f"warning: {damaged_note(r.path / 'metrics.jsonl', r)}" for r in runs if r.damaged]
 
 
 def eval_table(groups: dict[str, list[Run]], steps: list[int]) -> str:
@@ -55,6 +69,7 @@ def eval_table(groups: dict[str, list[Run]], steps: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(prog="flowpwm results",
                                 description="Eval return vs env steps for groups of run directories.")
@@ -67,5 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if not dirs:
             raise UserError(f"--group {name} names no run directory")
         groups[name] = [load_run(d) for d in dirs]
+    for note in metrics_notes([r for runs in groups.values() for r in runs]):
+        print(note, file=sys.stderr)
     print(eval_table(groups, args.steps))
     return 0

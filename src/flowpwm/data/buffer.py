@@ -140,14 +140,25 @@ class ReplayBuffer:
     # ---- checkpointing -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Storage tensors (by reference, like nn.Module.state_dict) and ring pointers."""
-        return {**{k: getattr(self, k) for k in _FIELDS}, "ptr": self.ptr, "filled": self.filled}
+        """The filled rows only, oldest first (a copy: a checkpoint's size grows with the data,
+        not with the preallocated capacity), and the shapes they belong to."""
+        order = self._physical(torch.arange(self.filled, device=self.device))
+        rows = {k: getattr(self, k)[order].cpu() for k in _FIELDS}
+        return {**rows, "filled": self.filled, "num_envs": self.num_envs, "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rows from `state_dict()` into this buffer (capacity at least the stored rows)."""
+        filled = int(state["filled"])
+        dims = (int(state["num_envs"]), int(state["obs_dim"]), int(state["action_dim"]))
+        if dims != (self.num_envs, self.obs_dim, self.action_dim):
+            raise ValueError(f"buffer (num_envs, obs_dim, action_dim) is {(self.num_envs, self.obs_dim, self.action_dim)}, "
+                             f"checkpoint has {dims}")
+        if filled > self.rows:
+            raise ValueError(f"checkpoint holds {filled} rows of {self.num_envs} transitions; this buffer holds {self.rows}")
         for k in _FIELDS:
-            mine = getattr(self, k)
-            if state[k].shape != mine.shape:
-                raise ValueError(f"buffer {k} has shape {tuple(mine.shape)}, checkpoint has {tuple(state[k].shape)}")
-            mine.copy_(state[k])
-        self.ptr, self.filled = int(state["ptr"]), int(state["filled"])
+            if state[k].shape[0] != filled:
+                raise ValueError(f"buffer {k} has {state[k].shape[0]} rows, checkpoint says {filled}")
+            getattr(self, k)[:filled] = state[k].to(self.device)
+        self.ptr, self.filled = filled % self.rows, filled
         self._starts.clear()

@@ -8,7 +8,7 @@ import time
 import torch
 from omegaconf import DictConfig
 
-from flowpwm.analysis.diagnostics import open_loop_errors
+from flowpwm.models.rollout import open_loop_errors
 from flowpwm.data.toy import ToyOscillator, sample_windows
 from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
 from flowpwm.models.factory import build_world_model

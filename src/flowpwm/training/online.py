@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -20,10 +18,12 @@ from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.envs import make_env
 from flowpwm.esnr import ESNRTracker
 from flowpwm.monitoring import TrainingMonitor, WandBLogger
-from flowpwm.reproducibility import ExperimentConfig, format_diff, set_seed, write_run_metadata
+from flowpwm.reproducibility import ExperimentConfig, rng_state, set_rng_state, set_seed, write_run_metadata
+from flowpwm.rundir import RunDir, RunWriter, damaged_note
+from flowpwm.schema import check_config
 from flowpwm.training.header import run_header
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
-from flowpwm.training.rundir import RunDir
+from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir, resume_changes
 
 ESNR_KEYS = ("esnr", "esnr_db", "esnr_param", "esnr_param_db")
 
@@ -49,37 +49,20 @@ def averaged(updates) -> dict[str, float]:
     return {k: v / n for k, v in sums.items()}
 
 
-def resolve_run_dir(cfg: DictConfig, run_dir: Path | str) -> Path:
-    """`resume=<run dir>` continues that directory; otherwise the given one is used."""
-    resume = cfg.get("resume")
-    if resume and resume != "auto":
-        path = Path(str(resume))
-        if not (path / "checkpoints" / "latest.pt").exists():
-            raise UserError(f"resume={resume}: no checkpoint at {path / 'checkpoints' / 'latest.pt'}; "
-                            f"pass the directory of a run that saved one, or resume=auto")
-        return path
-    return Path(run_dir)
-
-
 class OnlineTrainer:
     def __init__(self, cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None):
+        """Everything that can be refused (the run dir, a resume's config changes, the task) is
+        checked before the run dir is locked and written."""
         self.cfg, self.log_fn, self.monitor_stream = cfg, log, monitor_stream
+        check_config(cfg)
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
-        if "api_key" in cfg.wandb:
-            raise UserError("wandb.api_key: keys are never taken from a config (it is saved with the run); "
-                            "set WANDB_API_KEY or run `wandb login`")
-        run_dir = resolve_run_dir(cfg, run_dir)
-        checkpoint = run_dir / "checkpoints" / "latest.pt"
-        if checkpoint.exists() and not cfg.get("resume"):
-            raise UserError(f"{run_dir} already holds a run ({checkpoint}); continue it with resume=auto, "
-                            f"or start a new one in another hydra.run.dir")
+        run_dir, self.resumed = resolve_run_dir(cfg, run_dir, log)
+        changes = resume_changes(RunDir(run_dir), cfg) if self.resumed else {}
         set_seed(int(cfg.seed), deterministic=bool(cfg.get("deterministic", False)))
-        # Bad task or config names fail here, before anything is written.
         self.env = make_env(cfg.env.task, int(cfg.env.num_envs), seed=cfg.seed)
         self.eval_env = make_env(cfg.env.task, min(int(cfg.train.eval_episodes), 8), seed=cfg.seed + 10_000)
         self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device)
-        self.run = RunDir(run_dir)
         self.buffer = ReplayBuffer(int(cfg.train.buffer_size), self.env.num_envs, self.env.obs_dim,
                                    self.env.action_dim, device=cfg.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -88,14 +71,42 @@ class OnlineTrainer:
         steps_per_epoch = int(cfg.train.steps_per_epoch) * self.env.num_envs
         learn_steps = max(int(cfg.train.env_steps) - int(cfg.train.seed_steps), 0)
         self.total_epochs = math.ceil(learn_steps / steps_per_epoch)
-        self.resumed = checkpoint.exists()
-        if self.resumed:
-            self.restore(checkpoint)
-        else:  # a job that died before its first checkpoint and is run again starts its metrics over
-            self.logged_epochs = self.run.truncate_metrics(-1)
-        write_run_metadata(self.run.path, cfg)
+        try:
+            self.run = RunWriter(run_dir)  # one writer per run dir: a second one stops here
+        except BaseException:
+            self.close_envs()
+            raise
+        try:
+            self.start_or_restore(changes)
+        except BaseException:
+            self.close()
+            raise
         # A resumed run starts new episodes (env state is not checkpointed): other seeds than at the start.
         self.obs = self.env.reset(seed=int(cfg.seed) + 1_000_003 * self.epoch)
+
+    def start_or_restore(self, changes: dict) -> None:
+        if not self.resumed:
+            if self.run.has_checkpoint():  # another run finished here since resolve_run_dir looked
+                raise UserError(f"{self.run.path} already holds a run ({self.run.latest_checkpoint}); continue it "
+                                f"with resume=auto, or start a new one in another hydra.run.dir")
+            # a job that died before its first checkpoint and is run again starts its metrics over
+            self.logged_epochs, _ = self.run.truncate_metrics(-1)
+            write_run_metadata(self.run.path, self.cfg)
+            return
+        self.restore()
+        self.run.append_history(history_entry(changes, self.epoch, self.env_steps))
+        self.log_fn(f"resume: continuing {self.run.path} at epoch {self.epoch} ({self.env_steps} env steps); "
+                    f"{describe_changes(changes)}")
+
+    def close_envs(self) -> None:
+        self.env.close()
+        self.eval_env.close()
+
+    def close(self) -> None:
+        """Close the envs and give up the run dir."""
+        self.close_envs()
+        if hasattr(self, "run"):
+            self.run.close()
 
     # -- data ---------------------------------------------------------------------------------
     def collect(self, steps: int, random_actions: bool = False) -> None:
@@ -137,32 +148,32 @@ class OnlineTrainer:
         return self.agent.eval(self.eval_env, int(self.cfg.train.eval_episodes), seed=self.cfg.seed + 10_000 + self.epoch)
 
     def checkpoint(self) -> Path:
-        return self.run.save_checkpoint({
-            "agent": self.agent.state_dict(), "buffer": self.buffer.state_dict(),
-            "epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
-            "sample_gen": self.sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "esnr": self.esnr.state_dict(),
-        })
+        dims = {"obs_dim": self.env.obs_dim, "action_dim": self.env.action_dim, "num_envs": self.env.num_envs}
+        return self.run.save_checkpoint(
+            {"agent": self.agent.state_dict(), "epoch": self.epoch, "env_steps": self.env_steps,
+             "wall_time": self.wall_time, "rng": rng_state(self.sample_gen), "esnr": self.esnr.state_dict(),
+             "dims": dims},
+            self.buffer.state_dict())
 
-    def restore(self, path: Path) -> None:
-        """Continue from a checkpoint: state, counters and RNGs; the metrics file is cut back to
-        the checkpoint's epoch so no epoch appears twice."""
-        saved = self.run.path / "config.yaml"
-        if saved.exists():
-            changes = [d for d in ExperimentConfig.load(saved).diff(ExperimentConfig(self.cfg)) if d[0] != "resume"]
-            if changes:
-                self.log_fn(f"resume: config differs from the saved run's:\n{format_diff(changes)}")
-        state = torch.load(path, map_location=self.agent.device, weights_only=False)
-        self.agent.load_state_dict(state["agent"])
-        self.buffer.load_state_dict(state["buffer"])
+    def restore(self) -> None:
+        """Continue from the run's checkpoint: state, counters and RNGs; the metrics file is cut
+        back to the checkpoint's epoch so no epoch appears twice."""
+        state = self.run.load_checkpoint(map_location=self.agent.device)
+        buffer = self.run.load_buffer(state, map_location="cpu")
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.buffer.load_state_dict(buffer)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{self.run.latest_checkpoint} does not fit this config ({str(e).splitlines()[0][:160]}); "
+                            f"resume with the run's own config, or start a new run") from None
         self.buffer.end_episodes()
         self.epoch, self.env_steps, self.wall_time = int(state["epoch"]), int(state["env_steps"]), float(state["wall_time"])
-        self.sample_gen.set_state(state["sample_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_rng_state(state["rng"], self.sample_gen)
         self.esnr.load_state_dict(state["esnr"])
-        self.logged_epochs = self.run.truncate_metrics(self.epoch)
+        metrics = self.run.metrics()
+        if metrics.damaged:
+            self.log_fn(f"resume: {damaged_note(self.run.metrics_path, metrics)}; they are dropped")
+        self.logged_epochs, _ = self.run.truncate_metrics(self.epoch)
 
     def open_wandb(self) -> WandBLogger:
         w = self.cfg.wandb
@@ -264,14 +275,16 @@ class OnlineTrainer:
 def train(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None) -> dict[str, float]:
     trainer = OnlineTrainer(cfg, run_dir, log, monitor_stream)
     try:
-        summary = trainer.train()
-    finally:
-        trainer.env.close()
-        trainer.eval_env.close()
-    if cfg.train.plots:
-        from flowpwm.visualization import plot_run_quietly
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close_envs()
+        if cfg.train.plots:
+            from flowpwm.visualization import plot_run_quietly
 
-        plot_run_quietly(trainer.run.path, log=log)
+            plot_run_quietly(trainer.run.path, log=log)
+    finally:
+        trainer.run.close()
     log(f"final eval return {summary['eval_return']:.1f} after {summary['env_steps']} env steps (untrained "
         f"policy: {summary['untrained_return']:.1f}), {summary['wall_time']:.0f}s; outputs in {trainer.run.path}")
     return summary
