@@ -21,6 +21,9 @@ commands:
   plot RUN_DIR       learning curves, losses, gradient norms/ESNR, summary as PNG/SVG (--help)
   compare [options]  multi-seed comparison of run groups: curves with 95 % bands, mean/IQM with
                      bootstrap CIs, Welch / Mann-Whitney tests, report.md + report.html (--help)
+  data manifest DIR  record the sha256 of a trusted dataset download (TD-MPC2 chunks are unpickled
+                     only when their hash is published or in such a manifest)
+  data info DIR      offline dataset: episodes, transitions and returns per task (--help)
 """
 
 
@@ -143,8 +146,15 @@ def _compare(args: list[str]) -> int:
     return main(args)
 
 
+def _data(args: list[str]) -> int:
+    from flowpwm.data.commands import main
+
+    return main(args)
+
+
 COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results,
-            "diagnose": _diagnose, "plot": _plot, "compare": _compare, "check-config": _check_config}
+            "diagnose": _diagnose, "plot": _plot, "compare": _compare, "check-config": _check_config,
+            "data": _data}
 
 
 def print_error(command: str, e: UserError) -> None:
