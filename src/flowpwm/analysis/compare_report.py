@@ -1,0 +1,200 @@
+"""Rendering of a run comparison (`compare.aggregate`'s result): figures, report.md,
+a self-contained report.html, summary.csv and tests.csv. Each section is a short function."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flowpwm.analysis.report import csv_text, fmt_ci, fmt_general, fmt_number, markdown_to_html, md_table
+from flowpwm.fileio import atomic_open, atomic_write_text
+
+if TYPE_CHECKING:
+    from flowpwm.analysis.compare import Comparison, Curve
+
+CURVE_FIGURES = {  # metric: (file, y label, title, log y, report heading)
+    "eval_return": ("learning_curves.png", "eval return", "Eval return", False, "Learning curves"),
+    "esnr_db": ("esnr_db.png", "ESNR (dB)", "Actor-gradient ESNR", False, "ESNR of the actor gradient"),
+    "wm_loss": ("wm_loss.png", "world-model loss", "World-model loss", True, "World-model loss"),
+}
+
+
+def write_report(c: "Comparison", out_dir: Path, extra_sections: Sequence[tuple[str, str]] = ()) -> dict:
+    """Every output file of the comparison, written atomically; returns name -> path."""
+    images = figures(c)
+    md = report_markdown(c, extra_sections)
+    texts = {"summary.csv": summary_csv(c), "tests.csv": tests_csv(c), "report.md": md,
+             "report.html": markdown_to_html(md, images)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, data in images.items():
+        with atomic_open(out_dir / name) as f:
+            f.write(data)
+        files[name] = out_dir / name
+    for name, text in texts.items():
+        files[name] = atomic_write_text(out_dir / name, text)
+    return files
+
+
+# -- figures --------------------------------------------------------------------------------------
+def figures(c: "Comparison") -> dict[str, bytes]:
+    images = {"final_returns.png": finals_figure(c.per_group)}
+    for key, (name, ylabel, title, logy, _) in CURVE_FIGURES.items():
+        if key in c.curves:
+            images[name] = curve_figure(c.curves[key], ylabel, f"{title} (mean, 95 % t-interval; "
+                                                                 f"{c.settings.smooth_text})", logy)
+    return images
+
+
+def _new_figure(width=7.0, height=4.2):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def curve_figure(curves: dict[str, "Curve"], ylabel: str, title: str, logy: bool = False) -> bytes:
+    fig, ax = _new_figure()
+    for i, (name, cv) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        ax.plot(cv.steps, cv.mean, color=color, label=f"{name} (n={cv.n})")
+        if cv.n >= 2:
+            ax.fill_between(cv.steps, cv.low, cv.high, color=color, alpha=0.2, linewidth=0)
+    if logy and all(np.all(cv.low > 0) for cv in curves.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def finals_figure(per_group: dict[str, dict]) -> bytes:
+    names = list(per_group)
+    fig, ax = _new_figure(height=1.2 + 0.8 * len(names))
+    for i, name in enumerate(names):
+        g, color = per_group[name], f"C{i % 10}"
+        finals = np.asarray(g["finals"])
+        jitter = np.linspace(-0.08, 0.08, finals.size) if finals.size > 1 else np.zeros(1)
+        ax.scatter(finals, i + jitter, color=color, alpha=0.6, s=18, label="runs" if i == 0 else None)
+        for offset, key, marker, label in ((0.25, "iqm", "D", "IQM"), (-0.25, "mean", "o", "mean")):
+            lo, hi = g[f"{key}_ci"]
+            err = None if math.isnan(lo) else [[g[key] - lo], [hi - g[key]]]
+            ax.errorbar([g[key]], [i + offset], xerr=err, fmt=marker, color=color, capsize=4,
+                        mfc="white" if key == "mean" else color, label=f"{label} ± 95 % CI" if i == 0 else None)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("final eval return")
+    ax.set_title("Final performance per run, IQM and mean (95 % bootstrap CI)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="best", fontsize="small")
+    return _png(fig)
+
+
+# -- report.md ------------------------------------------------------------------------------------
+def report_markdown(c: "Comparison", extra_sections: Sequence[tuple[str, str]] = ()) -> str:
+    parts = [md_header(c), md_finals(c), md_pairs(c), md_curves(c), md_compute(c), md_runs(c)]
+    parts += [f"## {title}\n\n{body.rstrip()}" for title, body in extra_sections]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def md_header(c: "Comparison") -> str:
+    names = ", ".join(f"**{g.name}** (n={g.n})" for g in c.groups)
+    return "\n".join(["# Run comparison", "", f"Groups: {names}.", *(["", *[f"> {n}" for n in c.notes]]
+                                                                      if c.notes else [])])
+
+
+def md_finals(c: "Comparison") -> str:
+    from flowpwm.analysis.compare import TASK_KEY
+
+    s = c.settings
+    how = (f"Final return of a run: the mean of its last {s.final_window} eval returns. " if s.final_window > 1 else
+           "Final return of a run: its last eval return. ")
+    how += (f"IQM: interquartile mean (mean of the middle 50 % of runs, `scipy.stats.trim_mean(x, 0.25)`). "
+            f"Intervals: 95 % percentile bootstrap over runs, stratified by `{TASK_KEY}` ({s.n_bootstrap} "
+            f"resamples, seed {s.seed}).")
+    table = md_table(["group", "n", "seeds", "final env steps", "mean [95 % CI]", "IQM [95 % CI]", "sd", "median",
+                      "per-run finals"],
+                     [[name, g["n"], ", ".join(str(x) for x in g["seeds"]), _steps_text(g["final_env_steps"]),
+                       fmt_ci(g["mean"], g["mean_ci"]), fmt_ci(g["iqm"], g["iqm_ci"]), fmt_number(g["sd"]),
+                       fmt_number(g["median"]), ", ".join(fmt_number(v) for v in g["finals"])]
+                      for name, g in c.per_group.items()])
+    return "\n\n".join(["## Final performance", how, table,
+                        "![Final performance per run with IQM and mean](final_returns.png)"])
+
+
+def md_pairs(c: "Comparison") -> str:
+    if not c.pairs:
+        return "## Pairwise comparisons\n\nOne group only: no pairwise tests."
+    how = ("Welch's t-test (unequal variances) and Mann–Whitney U (two-sided) on the final returns; "
+           "P(X > Y) = P(X > Y) + 0.5 P(X = Y) over all pairs of runs (per task, then averaged), "
+           "with a 95 % percentile bootstrap CI resampling each group's runs independently.")
+    table = md_table(["X", "Y", "n X / n Y", "Welch t", "Welch p", "Mann–Whitney U", "MW p", "P(X > Y) [95 % CI]"],
+                     [[p["x"], p["y"], f"{p['n_x']} / {p['n_y']}", fmt_number(p["welch_t"], 2),
+                       fmt_general(p["welch_p"]), fmt_number(p["mannwhitney_u"], 1), fmt_general(p["mannwhitney_p"]),
+                       fmt_ci(p["prob_improvement"], p["prob_improvement_ci"], 2)] for p in c.pairs])
+    return "\n\n".join(["## Pairwise comparisons", how, table])
+
+
+def md_curves(c: "Comparison") -> str:
+    band = ("Each run is interpolated onto a common env-step grid that ends at the group's shortest run's last "
+            f"point, {c.settings.smooth_text}; line: mean over seeds, band: 95 % t-interval over seeds.")
+    out = []
+    for key, (image, _, _, _, heading) in CURVE_FIGURES.items():
+        if key in c.curves:
+            ends = ", ".join(f"{g}: {int(cv.steps[-1])} steps (n={cv.n})" for g, cv in c.curves[key].items())
+            out.append(f"## {heading}\n\n`{key}` vs env steps. {band} Grid ends: {ends}.\n\n![{heading}]({image})")
+    return "\n\n".join(out)
+
+
+def md_compute(c: "Comparison") -> str:
+    return "## Compute\n\n" + md_table(
+        ["group", "wall time (min), mean ± sd", "peak RSS (MiB)", "final ESNR (dB)"],
+        [[name, f"{fmt_number(g['wall_time_min_mean'], 2)} ± {fmt_number(g['wall_time_min_sd'], 2)}",
+          fmt_number(g["peak_rss_mib"], 0), fmt_number(g["final_esnr_db"], 2)] for name, g in c.per_group.items()])
+
+
+def md_runs(c: "Comparison") -> str:
+    from flowpwm.analysis.compare import TASK_KEY, _config_get
+
+    return "## Runs\n\n" + md_table(
+        ["group", "run", "seed", "task", "world model", "final env steps", "final return"],
+        [[g.name, r.path, _config_get(r.config, "seed", "–"), _config_get(r.config, TASK_KEY, "–"),
+          _config_get(r.config, "alg.world_model.type", "–"), r.evals[-1][0],
+          fmt_number(c.per_group[g.name]["finals"][j])] for g in c.groups for j, r in enumerate(g.runs)])
+
+
+def _steps_text(steps: Sequence[int]) -> str:
+    return str(min(steps)) if min(steps) == max(steps) else f"{min(steps)}–{max(steps)}"
+
+
+# -- CSV ------------------------------------------------------------------------------------------
+def summary_csv(c: "Comparison") -> str:
+    return csv_text(
+        ["group", "n", "seeds", "tasks", "final_env_steps_min", "final_env_steps_max", "mean", "mean_ci_low",
+         "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high", "sd", "median", "wall_time_min_mean",
+         "wall_time_min_sd", "peak_rss_mib", "final_esnr_db"],
+        [[name, g["n"], " ".join(str(s) for s in g["seeds"]), " ".join(g["tasks"]), min(g["final_env_steps"]),
+          max(g["final_env_steps"]), g["mean"], *g["mean_ci"], g["iqm"], *g["iqm_ci"], g["sd"], g["median"],
+          g["wall_time_min_mean"], g["wall_time_min_sd"], g["peak_rss_mib"], g["final_esnr_db"]]
+         for name, g in c.per_group.items()])
+
+
+def tests_csv(c: "Comparison") -> str:
+    return csv_text(
+        ["x", "y", "n_x", "n_y", "welch_t", "welch_p", "mannwhitney_u", "mannwhitney_p", "prob_improvement",
+         "prob_improvement_ci_low", "prob_improvement_ci_high"],
+        [[p["x"], p["y"], p["n_x"], p["n_y"], p["welch_t"], p["welch_p"], p["mannwhitney_u"], p["mannwhitney_p"],
+          p["prob_improvement"], *p["prob_improvement_ci"]] for p in c.pairs])
