@@ -35,7 +35,7 @@ class OfflineDataset:
         self.task = episodes.task.to(self.device)
         self.length = episodes.length.to(self.device)
         self.files = dict(files or {})  # relative path -> sha256 of every file read
-        self._episodes_of: dict[int, torch.Tensor] = {}
+        self._index: dict[tuple[int | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_episodes(self) -> int:
@@ -58,20 +58,34 @@ class OfflineDataset:
             if task not in self.meta.tasks:
                 raise UserError(f"task {task!r} is not in this dataset's task set {self.meta.task_set}")
             return self.meta.tasks.index(task)
+        if not 0 <= int(task) < len(self.meta.tasks):
+            raise UserError(f"task id {task} is outside task set {self.meta.task_set} (0..{len(self.meta.tasks) - 1})")
         return int(task)
 
     # ---- sampling ------------------------------------------------------------------------
 
-    def _draw(self, episodes: torch.Tensor, horizon: int, n: int,
+    def _starts(self, task: int | None, horizon: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(episodes, counts, cumsum): the episodes of `task` (None: all) and how many slice starts
+        with `horizon` transitions each holds (starts 0 .. length-1-horizon); cached."""
+        key = (task, horizon)
+        if key not in self._index:
+            if horizon < 1:
+                raise ValueError(f"horizon must be >= 1, got {horizon}")
+            episodes = (torch.arange(self.num_episodes, device=self.device) if task is None
+                        else (self.task == task).nonzero().squeeze(1))
+            counts = (self.length[episodes] - horizon).clamp(min=0)
+            self._index[key] = (episodes, counts, counts.cumsum(0))
+        return self._index[key]
+
+    def _draw(self, task: int | None, horizon: int, n: int,
               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """n uniform draws among all (episode, start) with `horizon` transitions inside the episode."""
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
-        counts = (self.length[episodes] - horizon).clamp(min=0)  # starts 0 .. length-1-horizon
-        cum = counts.cumsum(0)
+        """n uniform draws (episode, start) among all slices of `horizon` transitions inside an episode."""
+        episodes, counts, cum = self._starts(task, horizon)
         total = int(cum[-1]) if cum.numel() else 0
         if total == 0:
-            longest = int(self.length[episodes].max()) - 1 if episodes.numel() else 0
+            if not episodes.numel():
+                raise UserError(f"dataset has no episode of task {self.meta.tasks[task]!r}")
+            longest = int(self.length[episodes].max()) - 1
             raise UserError(f"a {horizon}-step slice needs an episode of {horizon} transitions; these episodes hold "
                             f"at most {longest}")
         flat = torch.randint(total, (n,), generator=generator, device=generator.device if generator else "cpu")
@@ -83,8 +97,7 @@ class OfflineDataset:
     def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Uniform (H+1)-row slices, time-major: obs (H+1, B, D), action (H, B, A), reward and
         terminated (H, B, 1), task (B,). Transition t = (obs[t], action[t], reward[t], obs[t+1])."""
-        everything = torch.arange(self.num_episodes, device=self.device)
-        ep, start = self._draw(everything, horizon, batch_size, generator)
+        ep, start = self._draw(None, horizon, batch_size, generator)
         rows = start[None] + torch.arange(horizon + 1, device=self.device)[:, None]  # (H+1, B)
         ep_t, step = ep[None].expand_as(rows)[1:], rows[1:]  # TD-MPC2: action/reward of rows 1..H
         return {
@@ -95,19 +108,10 @@ class OfflineDataset:
             "task": self.task[ep],
         }
 
-    def episodes_of(self, task: int | str) -> torch.Tensor:
-        tid = self.task_id(task)
-        if tid not in self._episodes_of:
-            self._episodes_of[tid] = (self.task == tid).nonzero().squeeze(1)
-        return self._episodes_of[tid]
-
     def start_states(self, task: int | str, n: int, horizon: int = 16,
                      generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, D): obs[0] of uniform (horizon+1)-row slices of `task`'s episodes (PWM's start states)."""
-        episodes = self.episodes_of(task)
-        if episodes.numel() == 0:
-            raise UserError(f"dataset has no episode of task {task!r}")
-        ep, start = self._draw(episodes, horizon, n, generator)
+        ep, start = self._draw(self.task_id(task), horizon, n, generator)
         return self.obs[ep, start]
 
     # ---- statistics ----------------------------------------------------------------------
