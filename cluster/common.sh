@@ -65,7 +65,7 @@ default_run_name() {
     elif [[ -n ${SLURM_JOB_ID:-} ]]; then
         printf 'slurm-%s\n' "$SLURM_JOB_ID"
     else
-        printf 'local-%s\n' "$(date +%Y%m%d-%H%M%S)"
+        printf 'local-%s-%s\n' "$(date +%Y%m%d-%H%M%S)" "$$"  # the PID: two started in one second differ
     fi
 }
 

@@ -50,7 +50,8 @@ Environment on the compute node:
   --activate ENV       virtualenv dir, script to source or conda env name
                        (default: <checkout>/.venv if it exists)  [FLOWPWM_ACTIVATE]
 
-  --dry-run            print the sbatch command instead of running it
+  --dry-run            print the sbatch command instead of running it (every run's config is
+                       composed and checked by `flowpwm check-config` first, with or without it)
   -h, --help           this help
 
 Examples:
@@ -228,6 +229,51 @@ fi
 [[ -z $MEM || $MEM =~ ^[0-9]+[KMGTkmgt]?$ ]] || die "bad --mem '$MEM': e.g. 64G or 65536M"
 if [[ -n $ACTIVATE && $ACTIVATE == */* && ! -e $ACTIVATE ]]; then
     die "--activate $ACTIVATE: no such virtualenv directory or script"
+fi
+
+# The config of every run, composed and checked by flowpwm itself ------------------------------
+# (`flowpwm check-config`: unknown keys, types, ranges, tasks; CUDA is not looked for here).
+check_config() {
+    local env=${ACTIVATE:-} err
+    if [[ -n $env && -x $env/bin/flowpwm ]]; then
+        err=$("$env/bin/flowpwm" check-config "$@" 2>&1 >/dev/null)
+    elif [[ -n $env && -f $env ]]; then
+        # shellcheck disable=SC1090
+        err=$(source "$env" >/dev/null 2>&1 && flowpwm check-config "$@" 2>&1 >/dev/null)
+    elif [[ -n $env && $env != */* ]] && command -v conda >/dev/null 2>&1; then
+        err=$(conda run -n "$env" flowpwm check-config "$@" 2>&1 >/dev/null)
+    elif [[ -x $ROOT/.venv/bin/flowpwm ]]; then
+        err=$("$ROOT/.venv/bin/flowpwm" check-config "$@" 2>&1 >/dev/null)
+    elif command -v flowpwm >/dev/null 2>&1; then
+        err=$(flowpwm check-config "$@" 2>&1 >/dev/null)
+    else
+        die "cannot check the job's config: no flowpwm here (install it, or pass --activate ENV)"
+    fi && return 0
+    [[ -n $err ]] || err="flowpwm check-config failed"
+    while IFS= read -r line; do
+        echo "$PROG: error: ${line#flowpwm check-config: error: }" >&2
+    done <<<"$err"
+    usage_line >&2
+    exit 2
+}
+
+check_overrides=()
+[[ -n $ALG ]] && check_overrides+=("alg=$ALG")
+[[ -n $WM ]] && check_overrides+=("wm=$WM")
+[[ -n $TASK ]] && check_overrides+=("env.task=$TASK")
+[[ -n $SEED ]] && check_overrides+=("seed=$SEED")
+check_overrides+=(resume=auto "device=${FLOWPWM_DEVICE:-cuda}" monitor.progress=lines "${OVERRIDES[@]}")
+if [[ $MODE == multi ]]; then  # the four runs of the job, as slurm_multi_gpu.sh makes them
+    join() { local IFS=,; echo "$*"; }
+    case $STRATEGY in
+        multi_seed) read -ra s <<<"${SEEDS:-0 1 2 3}"; check_overrides+=("seed=$(join "${s[@]}")") ;;
+        multi_task) read -ra t <<<"${TASKS:-cartpole-swingup walker-walk cheetah-run finger-spin}"
+            check_overrides+=("env.task=$(join "${t[@]}")") ;;
+        baseline_vs_flow) read -ra s <<<"${SEEDS:-0 1}"; check_overrides+=("wm=mlp,flow" "seed=$(join "${s[@]}")") ;;
+    esac
+    check_config --no-hardware -m "${check_overrides[@]}"
+else
+    check_config --no-hardware "${check_overrides[@]}"
 fi
 
 # The sbatch command --------------------------------------------------------------------------

@@ -69,16 +69,23 @@ def test_header_names_the_world_model_its_size_parity_integrator_and_run_dir(tmp
     assert "integrator heun, K=1" in header and "device cpu" in header and str(tmp_path) in header
 
 
-def test_run_dir_records_config_hash_and_provenance(tmp_path):
+def test_run_dir_records_config_hash_and_provenance(tmp_path, monkeypatch):
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
     from flowpwm.reproducibility import ExperimentConfig
+
+    monkeypatch.setenv("WANDB_API_KEY", "secret-key-0123456789abcdef0123456789abcdef")  # must reach no file
 
     cfg = cfg_for("mlp")
     train(cfg, tmp_path, **QUIET)
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert (tmp_path / "config_hash.txt").read_text().strip() == ExperimentConfig(cfg).hash == prov["config_hash"]
-    for key in ("torch", "numpy", "mujoco", "dm_control", "flowpwm"):
-        assert prov["versions"][key] not in ("", None), key
-    assert prov["git_commit"]
+    for key in ("torch", "numpy", "mujoco", "dm_control", "flowpwm"):  # the real versions, not the fallback
+        assert prov["versions"][key] == metadata.version(key) != "not installed", key
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert prov["git_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
 
 
 def test_esnr_is_measured_in_training_and_leaves_training_unchanged(tmp_path):
@@ -173,3 +180,20 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_its_metrics_over(tmp
     train(cfg_for("mlp", epochs=2, extra=["resume=auto"]), tmp_path, **QUIET)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]
+
+
+def test_monitor_esnr_and_curve_smoothing_share_one_ema():
+    from flowpwm.analysis.smoothing import smooth
+    from flowpwm.esnr import ESNRTracker
+
+    values, alpha = [3.0, float("nan"), 1.0, 5.0], 0.7
+    expected, acc = [], None
+    for v in values:
+        acc = acc if v != v else ema_update(acc, v, alpha)
+        expected.append(acc)
+    assert smooth(values, "ema", alpha).tolist() == pytest.approx(expected)
+    tracker, m = ESNRTracker(ema=alpha), TrainingMonitor(4, mode="off", ema=alpha)
+    for i, v in enumerate(v for v in values if v == v):
+        assert tracker.update({"esnr": v})["esnr_ema"] == pytest.approx(expected[[0, 2, 3][i]])
+        m.update(i + 1, 0, {"wm_loss": v})
+    assert m.smoothed["wm_loss"] == pytest.approx(expected[-1])

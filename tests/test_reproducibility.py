@@ -1,6 +1,8 @@
 import json
 import os
 import random
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from omegaconf import OmegaConf
 
 from flowpwm.reproducibility import (
     MISSING,
+    _version,
     DatasetMismatch,
     DatasetVerifier,
     ExperimentConfig,
@@ -200,9 +203,20 @@ def test_provenance_outside_git(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     prov = run_provenance(repo_dir=tmp_path)
     assert prov["git_commit"] == "unknown" and prov["git_dirty"] is None
-    assert torch.__version__.startswith(prov["versions"]["torch"])
-    assert prov["versions"]["flowpwm"] != "not installed"
+    assert prov["versions"]["torch"] == torch.__version__  # the installed version, not a fallback
+    assert prov["versions"]["flowpwm"] == metadata.version("flowpwm") != "not installed"
+    assert _version("no-such-distribution-xyz") == "not installed"  # the fallback, only when it applies
     assert run_provenance(repo_dir=tmp_path / "does-not-exist")["git_commit"] == "unknown"
+
+
+def test_provenance_inside_git_names_the_commit():
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    if head.returncode != 0:
+        pytest.skip("the tests are not in a git checkout")
+    prov = run_provenance(repo_dir=Path(__file__).parent)
+    assert prov["git_commit"] == head.stdout.strip() and isinstance(prov["git_dirty"], bool)
 
 
 def test_write_run_metadata(tmp_path):
@@ -219,3 +233,16 @@ def test_write_run_metadata(tmp_path):
     assert ExperimentConfig.load(run_dir / "config.yaml").hash == expected_hash
     assert "sk-SECRET" not in (run_dir / "config.yaml").read_text()
     assert (run_dir / "dataset_manifest.json").read_bytes() == manifest.read_bytes()
+
+
+def test_rng_state_is_plain_and_restores_every_generator(tmp_path):
+    from flowpwm.reproducibility import rng_state, set_rng_state
+
+    gen = torch.Generator().manual_seed(3)
+    set_seed(11)
+    state = rng_state(gen)
+    torch.save(state, tmp_path / "rng.pt")
+    first = (*_draws(), torch.rand(2, generator=gen).tolist())
+    set_seed(99)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), gen)  # no numpy objects in the file
+    assert (*_draws(), torch.rand(2, generator=gen).tolist()) == first

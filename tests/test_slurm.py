@@ -87,6 +87,13 @@ def submit(*args, env=None, **kw):
     (["multi", "--strategy", "baseline_vs_flow", "wm=flow"], "runs both world models"),
     (["single", "--time", "1 day"], "bad --time"),
     (["single", "--wm", "transformer"], "choose mlp or flow"),
+    # composed and checked by `flowpwm check-config` (as --dry-run does too)
+    (["single", "--task", "cartpole-swingupp", "--dry-run"], "env.task=cartpole-swingupp: did you mean cartpole-swingup?"),
+    (["single", "no_such_key=3"], "no_such_key: unknown key"),
+    (["multi", "--dry-run", "+alg.horizn=8"], "alg.horizn=8: unknown key (did you mean alg.horizon?)"),
+    (["multi", "--strategy", "multi_task", "--tasks", "cartpole-swingup walker-walk cheetah-run finger-spinn"],
+     "[env.task=finger-spinn] env.task=finger-spinn: did you mean finger-spin?"),
+    (["single", "train.eval_every=0"], "train.eval_every=0: must be an integer >= 1"),
 ])
 def test_submit_job_rejects_bad_arguments_before_sbatch(args, message, fake_sbatch):
     env, marker = fake_sbatch
@@ -103,11 +110,11 @@ def test_submit_job_help_dry_run_and_submission(fake_sbatch, tmp_path):
     r = submit("--help", env=env)
     assert r.returncode == 0 and "Examples:" in r.stdout and "baseline_vs_flow" in r.stdout
     r = submit("multi", "--strategy", "baseline_vs_flow", "--alg", "pwm_5M", "--seeds", "3 4", "--account", "acct",
-               "--time", "2-00:00:00", "--dry-run", "train.env_steps=1000", env=env)
+               "--time", "2-00:00:00", "--dry-run", "train.env_steps=100000", env=env)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.strip()
     for part in ("sbatch ", "--gres=gpu:4", "--account=acct", "--time=2-00:00:00", "--signal=B:USR1@300",
-                 str(MULTI), "--strategy baseline_vs_flow", "--seeds 3\\ 4", "alg=pwm_5M", "train.env_steps=1000"):
+                 str(MULTI), "--strategy baseline_vs_flow", "--seeds 3\\ 4", "alg=pwm_5M", "train.env_steps=100000"):
         assert part in cmd, (part, cmd)
     assert not marker.exists()
     r = submit("single", "--alg", "pwm_5M_flow", "--seed", "2", "--runs", tmp_path / "runs", env=env)

@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.02, help="relative tolerance (default 0.02 = 2%%)")
     p.add_argument("--suggest", action="store_true", help="print the velocity width closest to the dynamics")
     args = p.parse_args(argv)
+    if not 0 < args.tolerance < 1:
+        raise UserError(f"--tolerance {args.tolerance:g}: give a fraction in (0, 1), e.g. 0.02 for 2 %")
     pairs = args.pair or [("pwm_5M", "pwm_5M_flow"), ("pwm_48M", "pwm_48M_flow")]
     presets = [PRESETS[k] for k in args.presets]
     if args.obs_dim or args.action_dim:

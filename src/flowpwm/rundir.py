@@ -63,6 +63,7 @@ class Metrics:
     damaged: list[int] = field(default_factory=list)
     damaged_evals: list[int] = field(default_factory=list)
     record_lines: list[int] = field(default_factory=list)
+    lines: int = 0
 
     def last_eval_damaged(self) -> int | None:
         """The line of a damaged eval record after the last readable eval, if any: the run's
@@ -76,7 +77,9 @@ def read_metrics(path: Path | str) -> Metrics:
     path, out = Path(path), Metrics()
     if not path.exists():
         return out
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    text = path.read_text(errors="replace").splitlines()
+    out.lines = len(text)
+    for n, line in enumerate(text, start=1):
         if not line.strip():
             continue
         try:
@@ -93,9 +96,11 @@ def read_metrics(path: Path | str) -> Metrics:
     return out
 
 
-def damaged_note(path: Path | str, metrics: Metrics) -> str:
-    lines = ", ".join(map(str, metrics.damaged[:5])) + (", …" if len(metrics.damaged) > 5 else "")
-    return f"{path}: {len(metrics.damaged)} damaged line(s) skipped (line {lines})"
+def damaged_note(path: Path | str, damaged: list[int], last_line: int) -> str:
+    """One line: how many lines of a metrics file were skipped, and which."""
+    lines = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
+    tail = "; the last line is one of them: the run's final eval may be missing" if last_line in damaged else ""
+    return f"{path}: {len(damaged)} damaged line(s) skipped (line {lines}){tail}"
 
 
 # -- reading a run ----------------------------------------------------------------------------

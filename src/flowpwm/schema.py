@@ -435,12 +435,14 @@ def check_overrides(overrides: list[str], multirun: bool = False, hardware: bool
     from flowpwm.config import compose
 
     jobs = sweep_combinations(overrides) if multirun else [list(overrides)]
-    configs, problems = [], []
+    swept = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]
+    configs, found = [], []
     for job in jobs:
-        cfg = compose(job)
-        label = f"[{' '.join(job)}] " if len(jobs) > 1 else ""
-        problems += [label + p for p in validate(cfg, hardware) if label + p not in problems]
-        configs.append(cfg)
+        configs.append(compose(job))
+        found.append(validate(configs[-1], hardware))
+    everywhere = [p for p in found[0] if all(p in f for f in found)]  # said once, without a label
+    problems = everywhere + [f"[{' '.join(job[i] for i in swept)}] {p}"
+                             for job, f in zip(jobs, found) for p in f if p not in everywhere]
     if problems:
         raise ConfigError(problems)
     if not multirun:

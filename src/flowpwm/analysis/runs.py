@@ -20,6 +20,7 @@ class Run:
     metrics: list[dict]
     damaged: list[int] = field(default_factory=list)  # metrics.jsonl lines that could not be read
     damaged_last_eval: int | None = None  # a damaged eval line after the last readable eval
+    lines: int = 0  # lines in metrics.jsonl
 
     @property
     def evals(self) -> list[tuple[int, float]]:
@@ -38,7 +39,7 @@ def load_run(path: Path | str) -> Run:
         raise UserError(f"{run.path} is not a run directory (needs metrics.jsonl and config.yaml)")
     m = run.metrics()
     return Run(run.path, OmegaConf.to_container(OmegaConf.load(run.config)), m.records, m.damaged,
-               m.last_eval_damaged())
+               m.last_eval_damaged(), m.lines)
 
 
 def metrics_notes(runs: list[Run]) -> list[str]:
@@ -49,7 +50,7 @@ def metrics_notes(runs: list[Run]) -> list[str]:
             raise UserError(f"{r.path / 'metrics.jsonl'}: line {r.damaged_last_eval} (an eval record after the last "
                             f"readable one) is damaged, so the run's final return cannot be read; repair or delete "
                             f"that line, or leave the run out")
-    return [f"warning: {damaged_note(r.path / 'metrics.jsonl', r)}" for r in runs if r.damaged]
+    return [f"warning: {damaged_note(r.path / 'metrics.jsonl', r.damaged, r.lines)}" for r in runs if r.damaged]
 
 
 def eval_table(groups: dict[str, list[Run]], steps: list[int]) -> str:

@@ -172,7 +172,8 @@ class OnlineTrainer:
         self.esnr.load_state_dict(state["esnr"])
         metrics = self.run.metrics()
         if metrics.damaged:
-            self.log_fn(f"resume: {damaged_note(self.run.metrics_path, metrics)}; they are dropped")
+            self.log_fn(f"resume: {damaged_note(self.run.metrics_path, metrics.damaged, metrics.lines)}; they are "
+                        f"dropped")
         self.logged_epochs, _ = self.run.truncate_metrics(self.epoch)
 
     def open_wandb(self) -> WandBLogger:
