@@ -4,7 +4,8 @@ import torch.nn as nn
 
 from flowpwm.data.toy import SimplexMixing
 from flowpwm.integrators import compute_flow_matching_loss, integrate
-from flowpwm.losses import compute_wm_loss
+from flowpwm.config import UserError, load_alg
+from flowpwm.losses import _latent_rollout, compute_wm_loss, wm_loss_kwargs
 from flowpwm.models import Actor, Critic, FlowWorldModel, SimNorm, WorldModel
 from flowpwm.models import twohot
 from flowpwm.models.factory import build_world_model
@@ -112,6 +113,42 @@ def test_flow_sources_cost_what_the_design_says():
     assert roll["nfe"] == H + (H - 1) * wm.nfe_per_step
     with pytest.raises(ValueError, match="rollout"):
         compute_wm_loss(wm, obs, action, reward, flow_source="decoder")
+
+
+@pytest.mark.parametrize("source", ["encoder", "rollout"])
+def test_consistency_term_adds_the_integrated_latent_mse(source):
+    """consistency_coef c adds c x (rho^t-weighted MSE of next() rollouts vs encoded targets) to
+    the flow-matching term, so the map the actor trains through is supervised directly."""
+    wm = tiny_wm("flow", integrator="heun", substeps=1)
+    obs, action, reward = batch(H=5)
+    losses = {}
+    for c in (0.0, 2.0):
+        torch.manual_seed(0)  # same tau samples
+        losses[c] = compute_wm_loss(wm, obs, action, reward, flow_source=source, consistency_coef=c)
+    (l0, m0), (l2, m2) = losses[0.0], losses[2.0]
+    assert "consistency_loss" not in m0 and m2["consistency_loss"] > 0
+    assert m2["flow_matching_loss"] == pytest.approx(m0["flow_matching_loss"], rel=1e-6)
+    assert (l2 - l0).item() == pytest.approx(20.0 * 2.0 * m2["consistency_loss"], rel=1e-4)
+    with pytest.raises(UserError, match="consistency_coef"):
+        alg = load_alg("pwm_tiny_flow")
+        alg.world_model.consistency_coef = -1.0
+        wm_loss_kwargs(alg)
+
+
+def test_consistency_term_is_zero_when_next_hits_its_targets():
+    wm = tiny_wm("flow", integrator="euler", substeps=2)
+    z0 = wm.encode(torch.randn(8, wm.obs_dim))
+    action = torch.rand(4, 8, wm.action_dim) * 2 - 1
+    with torch.no_grad():
+        z, rolled = z0, []
+        for t in range(4):
+            z = wm.next(z, action[t])
+            rolled.append(z)
+        rolled = torch.stack(rolled)
+    _, exact, _ = _latent_rollout(wm, z0, action, rolled, None)
+    _, off, _ = _latent_rollout(wm, z0, action, rolled + 0.01, None)
+    assert exact.abs().max() < 1e-12
+    assert off.min() > 0
 
 
 def test_wm_loss_rejects_mismatched_shapes():

@@ -4,7 +4,10 @@ Baseline (`WorldModel`): multi-step latent rollout from encoder(obs_0), MSE agai
 detached encoded next latents, ρ^t-weighted (ρ = γ as in PWM).
 Flow (`FlowWorldModel`): the rectified-flow loss per step, from the source latent the config
 names — `encoder` (teacher forcing: one velocity call per transition) or `rollout` (the
-model's own integrated latent, with gradient through the integration, as the baseline).
+model's own integrated latent, with gradient through the integration, as the baseline) — plus,
+with `consistency_coef` > 0, the baseline's multi-step latent MSE on the latents `next()`
+integrates. The flow-matching target never supervises the integrated map the actor trains
+through (nor its action dependence) directly; the consistency term does.
 Both add the same two-hot reward loss, evaluated on the latents the dynamics term starts from.
 """
 
@@ -19,6 +22,25 @@ from flowpwm.models.world_model import LatentWorldModel
 FLOW_SOURCES = ("encoder", "rollout")
 
 
+def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, mse=True):
+    """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Per step: the latent MSE
+    of the integrated next latent against `targets` (H, B, D) (when `mse`) and, given
+    `fm_tau_sampling`, the flow-matching loss from the rolled-out source latent. Returns the
+    source latents (H, B, D), the per-step MSEs (H,) and flow-matching losses (H,) (None
+    for what was not asked; without `mse` the last step's `next()` is skipped)."""
+    H, z, srcs, errs, fm = action.shape[0], z0, [], [], []
+    for t in range(H):
+        srcs.append(z)
+        if fm_tau_sampling is not None:
+            fm.append(compute_flow_matching_loss(wm.velocity_fn(action[t], task), z, targets[t],
+                                                 fm_tau_sampling).mean())
+        if mse or t < H - 1:
+            z = wm.next(z, action[t], task)
+        if mse:
+            errs.append((z - targets[t]).pow(2).mean())
+    return torch.stack(srcs), (torch.stack(errs) if mse else None), (torch.stack(fm) if fm else None)
+
+
 def compute_wm_loss(
     wm: LatentWorldModel,
     obs: torch.Tensor,
@@ -31,6 +53,7 @@ def compute_wm_loss(
     reward_coef: float = 0.1,
     tau_sampling: str = "uniform",
     flow_source: str = "encoder",
+    consistency_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1) → (loss, detached metrics)."""
     H = action.shape[0]
@@ -39,33 +62,34 @@ def compute_wm_loss(
             f"world-model batch shapes disagree: obs {tuple(obs.shape)}, action {tuple(action.shape)}, "
             f"reward {tuple(reward.shape)}; expected obs (H+1, B, ·), action (H, B, ·), reward (H, B, 1)"
         )
+    if flow_source not in FLOW_SOURCES:
+        raise ValueError(f"flow_source={flow_source!r} is unknown: use one of {list(FLOW_SOURCES)}")
     weights = rho ** torch.arange(H, device=obs.device, dtype=obs.dtype)
     metrics: dict[str, float] = {}
     nfe0 = getattr(wm, "nfe", 0)
 
-    if wm.kind == "flow" and flow_source == "encoder":
+    if wm.kind == "mlp":
+        with torch.no_grad():
+            targets = wm.encode(obs[1:], task)
+        sources, dynamics, _ = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task)
+    elif flow_source == "encoder":
         # One encoder pass over all H+1 steps; the target half is detached.
         z_all = wm.encode(obs, task)
         sources, targets = z_all[:-1], z_all[1:].detach()
         dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling).mean(-1)
-    elif wm.kind == "mlp" or flow_source == "rollout":
+        if consistency_coef > 0:
+            _, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task)
+    else:
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
-        z, srcs, dyn = wm.encode(obs[0], task), [], []
-        for t in range(H):
-            srcs.append(z)
-            if wm.kind == "mlp":
-                z = wm.next(z, action[t], task)
-                dyn.append((z - targets[t]).pow(2).mean())
-                continue
-            f = wm.velocity_fn(action[t], task)
-            dyn.append(compute_flow_matching_loss(f, z, targets[t], tau_sampling).mean())
-            if t < H - 1:
-                z = wm.next(z, action[t], task)
-        dynamics, sources = torch.stack(dyn), torch.stack(srcs)
-    else:
-        raise ValueError(f"flow_source={flow_source!r} is unknown: use one of {list(FLOW_SOURCES)}")
+        sources, consistency, dynamics = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task,
+                                                         fm_tau_sampling=tau_sampling, mse=consistency_coef > 0)
     if wm.kind == "flow":
+        metrics["flow_matching_loss"] = ((dynamics * weights).sum() / H).item()
+        if consistency_coef > 0:
+            c = (consistency * weights).sum() / H
+            metrics["consistency_loss"] = c.item()
+            dynamics = dynamics + consistency_coef * consistency
         metrics["nfe"] = wm.nfe - nfe0
 
     rew = wm.reward_loss(wm.reward(sources, action, task), reward).mean(-1)
@@ -87,8 +111,11 @@ def wm_loss_kwargs(alg) -> dict:
         reward_coef=float(alg.wm_loss.reward_coef),
         tau_sampling=wm.get("tau_sampling", "uniform"),
         flow_source=wm.get("flow_source", "encoder"),
+        consistency_coef=float(wm.get("consistency_coef", 0.0)),
     )
     for key, valid in (("tau_sampling", TAU_SAMPLING), ("flow_source", FLOW_SOURCES)):
         if kwargs[key] not in valid:
             raise UserError(f"alg.world_model.{key}={kwargs[key]!r} is unknown: use one of {list(valid)}")
+    if kwargs["consistency_coef"] < 0:
+        raise UserError(f"alg.world_model.consistency_coef={kwargs['consistency_coef']} must be >= 0")
     return kwargs
