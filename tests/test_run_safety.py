@@ -65,8 +65,8 @@ BAD = [
     ("+alg.horizn=8", "alg.horizn=8: unknown key (did you mean alg.horizon?)"),
     ("alg.horizn=8", "alg.horizn: unknown key (did you mean alg.horizon?)"),
     ("no_such_key=3", "no_such_key: unknown key"),
-    ("env.task=cartpole-swingupp", "did you mean cartpole-swingup?"),
-    ("alg.world_model.integrator=rk4", "must be one of euler, heun"),
+    ("env.task=cartpole-swingupp", "env.task=cartpole-swingupp: unknown value (did you mean cartpole-swingup?)"),
+    ("alg.world_model.integrator=rk4", "alg.world_model.integrator=rk4: unknown value; choose one of euler, heun"),
     ("device=cuda", "device=cuda: CUDA is not available"),
 ]
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch.nn as nn
 
 from flowpwm.ema import ema_update
+from flowpwm.rundir import WANDB_RUN_ID
 
 # Metrics shown in the progress postfix, with their short labels.
 SHOWN = {"eval_return": "eval", "actor_loss": "actor", "critic_loss": "critic", "wm_loss": "wm", "fps": "fps"}
@@ -133,7 +134,7 @@ class WandBLogger:
     The config passed in must already be redacted: the API key only ever comes from the
     environment or ~/.netrc."""
 
-    ID_FILE = "wandb_run_id.txt"
+    ID_FILE = WANDB_RUN_ID
 
     def __init__(self, run_dir: Path | str, config: dict, mode: str = "auto", project: str = "flowpwm",
                  entity: str | None = None, group: str | None = None, name: str | None = None,

@@ -43,6 +43,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.pt"
 PLOTS = "plots"
 LOCK = ".lock"
+WANDB_RUN_ID = "wandb_run_id.txt"
 
 CHECKPOINT_FORMAT = 2  # 1: one pickle with numpy RNG state and the whole preallocated buffer
 CHECKPOINT_KEYS = ("format", "agent", "epoch", "env_steps", "wall_time", "rng", "esnr", "dims", "buffer_file")

@@ -271,9 +271,11 @@ def _check_section(cls, data: Any, prefix: str, problems: list[str]) -> None:
             _check_section(hints[name], data[name], f"{prefix}{name}.", problems)
         else:
             line = _check_value(hints[name], f.metadata, data[name])
-            close = difflib.get_close_matches(str(data[name]), list(_choices(f.metadata) or ()), n=1)
-            if line and close:
-                line = f"did you mean {close[0]}? ({line})"
+            choices = _choices(f.metadata)
+            if line and choices is not None and isinstance(data[name], str):
+                close = difflib.get_close_matches(data[name], list(choices), n=1)
+                line = f"unknown value{f' (did you mean {close[0]}?)' if close else ''}; choose one of " \
+                       f"{', '.join(map(str, choices))}"
             if line:
                 problems.append(f"{prefix}{name}={_show(data[name])}: {line}")
 
