@@ -193,9 +193,9 @@ def safe_load(path: Path, map_location="cpu"):
         raise UserError(f"{path}: damaged or not a flowpwm checkpoint (weights-only load failed); restore it from "
                         f"a copy or start a new run") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: damaged or cut short ({why[:120]}); restore it from a copy or start a "
-                        f"new run") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{path}: damaged or cut short ({why[:120] or type(e).__name__}); restore it from a copy "
+                        f"or start a new run") from None
 
 
 # -- writing a run ----------------------------------------------------------------------------
