@@ -89,8 +89,10 @@ class OnlineTrainer:
             if self.run.has_checkpoint():  # another run finished here since resolve_run_dir looked
                 raise UserError(f"{self.run.path} already holds a run ({self.run.latest_checkpoint}); continue it "
                                 f"with resume=auto, or start a new one in another hydra.run.dir")
-            # a job that died before its first checkpoint and is run again starts its metrics over
+            # a job that died before its first checkpoint and is run again starts its metrics (and
+            # config history) over
             self.logged_epochs, _ = self.run.truncate_metrics(-1)
+            self.run.history.unlink(missing_ok=True)
             write_run_metadata(self.run.path, self.cfg)
             return
         self.restore()
