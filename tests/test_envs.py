@@ -185,3 +185,27 @@ def test_missing_dm_control_names_install_command(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(UserError, match="pip install dm-control==1.0.50") as info:
         make_env("cartpole-swingup")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("build", [lambda: make_env("cartpole-swingup", 3, seed=5),
+                                   lambda: make_env("Hopper-v5", 3, seed=5),
+                                   lambda: __import__("flowpwm.envs.multitask", fromlist=["x"]).make_multitask_env(
+                                       "mt30", "pendulum-spin", 3, seed=5)],
+                         ids=["dm_control", "gymnasium", "multitask-custom"])
+def test_step_from_a_saved_state_replays_the_simulator_exactly(build):
+    """Diagnostics step a saved state with chosen actions: the same state and action must give
+    the same next obs and reward as the env did, and another action a different outcome."""
+    env = build()
+    gen = torch.Generator().manual_seed(0)
+    env.reset(seed=5)
+    for _ in range(7):
+        env.step(torch.rand(env.num_envs, env.action_dim, generator=gen) * 2 - 1)
+    states = env.get_states()
+    action = torch.rand(env.num_envs, env.action_dim, generator=gen) * 2 - 1
+    obs, reward, *_ = env.step(action)
+    env.step(-action)  # move on, so the replay really restores the saved state
+    replay_obs, replay_reward = env.step_from(states, action)
+    assert torch.allclose(replay_obs, obs, atol=1e-6) and torch.allclose(replay_reward, reward, atol=1e-6)
+    other_obs, _ = env.step_from(states, -action)
+    assert not torch.allclose(other_obs, obs)
+    env.close()

@@ -64,6 +64,14 @@ class BatchedEnv(ABC):
     def _close_one(self, i: int) -> None:
         """Release env i's resources."""
 
+    def _get_state_one(self, i: int) -> np.ndarray:
+        """Env i's full simulator state (what `_set_state_one` restores)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its simulator state")
+
+    def _set_state_one(self, i: int, state: np.ndarray) -> np.ndarray:
+        """Put env i into `state` (mid-episode) and return its observation there."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore a simulator state")
+
     # --- public API ----------------------------------------------------------------------
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -100,6 +108,23 @@ class BatchedEnv(ABC):
             self._tensor(truncated, torch.bool),
             self._tensor(final_obs, torch.float32),
         )
+
+    def get_states(self) -> list[np.ndarray]:
+        """Every env's simulator state, for `step_from` (diagnostics, not training)."""
+        return [self._get_state_one(i) for i in range(self.num_envs)]
+
+    def step_from(self, states: list[np.ndarray], actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Env i put into states[i] and stepped once with actions[i] -> (next obs, reward): the
+        real outcome of a chosen action from a saved state, e.g. to compare a world model's
+        action sensitivity with the simulator's. No autoreset; episode counters are not used."""
+        env_actions = self.prepare_actions(actions)
+        obs, rewards = [], []
+        for i in range(self.num_envs):
+            self._set_state_one(i, states[i])
+            r = self._step_one(i, env_actions[i])
+            obs.append(r.obs)
+            rewards.append(r.reward)
+        return self._tensor(np.stack(obs), torch.float32), self._tensor(np.array(rewards), torch.float32)
 
     def prepare_actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
         """Agent actions (N, action_dim) in [-1, 1] -> float64 numpy in the env's bounds."""

@@ -134,5 +134,15 @@ class DMCEnv(BatchedEnv):
         # Suite episodes only end at the time limit: a truncation, never a termination.
         return StepResult(_flatten(ts.observation), reward, False, ts.last())
 
+    def _get_state_one(self, i: int) -> np.ndarray:
+        return self._envs[i].physics.get_state().copy()
+
+    def _set_state_one(self, i: int, state: np.ndarray) -> np.ndarray:
+        env = self._envs[i]
+        with env.physics.reset_context():
+            env.physics.set_state(state)
+        env._reset_next_step = False  # stepping must continue from this state, not start an episode
+        return _flatten(env.task.get_observation(env.physics))
+
     def _close_one(self, i: int) -> None:
         self._envs[i].close()

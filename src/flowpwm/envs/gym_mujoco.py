@@ -58,5 +58,15 @@ class GymMujocoEnv(BatchedEnv):
         obs, reward, terminated, truncated, _ = self._envs[i].step(action)
         return StepResult(obs, float(reward), bool(terminated), bool(truncated))
 
+    def _get_state_one(self, i: int) -> np.ndarray:
+        data = self._envs[i].unwrapped.data
+        return np.concatenate([data.qpos, data.qvel]).copy()
+
+    def _set_state_one(self, i: int, state: np.ndarray) -> np.ndarray:
+        env = self._envs[i].unwrapped
+        nq = env.model.nq
+        env.set_state(state[:nq], state[nq:])
+        return env._get_obs()
+
     def _close_one(self, i: int) -> None:
         self._envs[i].close()

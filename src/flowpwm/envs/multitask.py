@@ -49,6 +49,12 @@ class MultiTaskEnv(BatchedEnv):
         r = self.env._step_one(i, action[: self.task_action_dim])
         return r._replace(obs=self._pad(r.obs))
 
+    def _get_state_one(self, i: int) -> np.ndarray:
+        return self.env._get_state_one(i)
+
+    def _set_state_one(self, i: int, state: np.ndarray) -> np.ndarray:
+        return self._pad(self.env._set_state_one(i, state))
+
     def _close_one(self, i: int) -> None:
         self.env._close_one(i)
 
