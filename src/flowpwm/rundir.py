@@ -211,11 +211,15 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 500).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise UserError(f"{self.path.parent} is being written by {holder}: one run per directory; wait "
                             f"for it to end, or start this one in another hydra.run.dir") from None
+        except OSError as e:
+            os.close(fd)
+            raise UserError(f"cannot lock {self.path} ({e.strerror}): this filesystem offers no file locks; put "
+                            f"runs on one that does (local disk, NFSv4)") from None
         os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {stamp})\n".encode())
