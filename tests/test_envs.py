@@ -209,3 +209,16 @@ def test_step_from_a_saved_state_replays_the_simulator_exactly(build):
     other_obs, _ = env.step_from(states, -action)
     assert not torch.allclose(other_obs, obs)
     env.close()
+
+
+def test_walker2d_is_a_terminating_gymnasium_task_and_halfcheetah_is_not():
+    """`alg.episodic: auto` reads `can_terminate`: true for the tasks with a health check."""
+    walker, cheetah, cart = make_env("Walker2d-v5", 1), make_env("HalfCheetah-v5", 1), make_env("cartpole-swingup", 1)
+    assert (walker.obs_dim, walker.action_dim) == (17, 6)
+    assert walker.can_terminate and make_env("Hopper-v5", 1).can_terminate
+    assert not cheetah.can_terminate and not cart.can_terminate
+    walker.reset(seed=0)
+    falls = 0
+    for _ in range(200):  # a random walker falls long before the 1000-step limit
+        falls += int(walker.step(torch.ones(1, 6))[2].item())
+    assert falls > 0

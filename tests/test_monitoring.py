@@ -38,7 +38,7 @@ def test_bar_mode_draws_a_tqdm_bar_with_the_smoothed_metrics():
 
 def parse_postfix(line: str) -> dict[str, float]:
     labels = {v: k for k, v in SHOWN.items()}
-    return {labels[m.group(1)]: float(m.group(2)) for m in re.finditer(r"\b(eval|actor|critic|wm|fps) (\S+)", line)}
+    return {labels[m.group(1)]: float(m.group(2)) for m in re.finditer(r"\b(eval|len|actor|critic|wm|fps) (\S+)", line)}
 
 
 def test_progress_lines_show_the_smoothed_values_of_the_logged_metrics(tmp_path):

@@ -19,6 +19,9 @@ def test_flow_configs_are_within_two_percent_of_their_baseline(size):
         assert abs(r.total_diff) < 0.02 and abs(r.dynamics_diff) < 0.02, r.table()
         # only the dynamics/velocity network may differ
         assert all(r.base[k] == r.flow[k] for k in ("encoder", "reward"))
+        # episodic dims count the termination head, built from the same module for both models
+        assert ("termination" in r.base) == r.dims.episodic
+        assert r.base.get("termination") == r.flow.get("termination")
 
 
 def test_48M_world_model_has_pwm_sizes():

@@ -31,7 +31,8 @@ def test_actor_loss_trains_only_the_actor_through_the_world_model(kind):
     obs0 = torch.randn(16, 6)
     wm_before = [p.clone() for p in a.wm.parameters()]
     critic_before = [p.clone() for p in a.critic.parameters()]
-    loss, zs, rews, values, ret = a.compute_actor_loss(obs0)
+    loss, data, ret = a.compute_actor_loss(obs0)
+    zs, rews, values = data["zs"], data["rewards"], data["values"]
     loss.backward()
     assert all(p.grad is None for p in a.wm.parameters())
     assert all(p.grad is None for p in a.critic.parameters())

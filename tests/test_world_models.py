@@ -145,8 +145,8 @@ def test_consistency_term_is_zero_when_next_hits_its_targets():
             z = wm.next(z, action[t])
             rolled.append(z)
         rolled = torch.stack(rolled)
-    _, exact, _ = _latent_rollout(wm, z0, action, rolled, None)
-    _, off, _ = _latent_rollout(wm, z0, action, rolled + 0.01, None)
+    _, _, exact, _ = _latent_rollout(wm, z0, action, rolled, None)
+    _, _, off, _ = _latent_rollout(wm, z0, action, rolled + 0.01, None)
     assert exact.abs().max() < 1e-12
     assert off.min() > 0
 

@@ -8,12 +8,14 @@ model's own integrated latent, with gradient through the integration, as the bas
 with `consistency_coef` > 0, the baseline's multi-step latent MSE on the latents `next()`
 integrates. The flow-matching target never supervises the integrated map the actor trains
 through (nor its action dependence) directly; the consistency term does.
-Both add the same two-hot reward loss, evaluated on the latents the dynamics term starts from.
+Both add the same two-hot reward loss, evaluated on the latents the dynamics term starts from,
+and, for episodic tasks, the termination head's binary cross-entropy on the `terminated` flags.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from flowpwm.config import UserError
 from flowpwm.integrators import TAU_SAMPLING, compute_flow_matching_loss
@@ -22,23 +24,23 @@ from flowpwm.models.world_model import LatentWorldModel
 FLOW_SOURCES = ("encoder", "rollout")
 
 
-def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, mse=True):
-    """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Per step: the latent MSE
-    of the integrated next latent against `targets` (H, B, D) (when `mse`) and, given
-    `fm_tau_sampling`, the flow-matching loss from the rolled-out source latent. Returns the
-    source latents (H, B, D), the per-step MSEs (H,) and flow-matching losses (H,) (None
-    for what was not asked; without `mse` the last step's `next()` is skipped)."""
-    H, z, srcs, errs, fm = action.shape[0], z0, [], [], []
+def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=True):
+    """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Returns the source latents
+    (H, B, D); with `full`, the latents each step reaches (H, B, D) and their MSE against
+    `targets` (H, B, D) per step (H,) (without it the last `next()` is skipped and both are
+    None); given `fm_tau_sampling`, the flow-matching loss from each rolled-out source (H,)."""
+    H, z, srcs, reached, fm = action.shape[0], z0, [], [], []
     for t in range(H):
         srcs.append(z)
         if fm_tau_sampling is not None:
             fm.append(compute_flow_matching_loss(wm.velocity_fn(action[t], task), z, targets[t],
                                                  fm_tau_sampling).mean())
-        if mse or t < H - 1:
+        if full or t < H - 1:
             z = wm.next(z, action[t], task)
-        if mse:
-            errs.append((z - targets[t]).pow(2).mean())
-    return torch.stack(srcs), (torch.stack(errs) if mse else None), (torch.stack(fm) if fm else None)
+            reached.append(z)
+    reached = torch.stack(reached) if full else None
+    mse = (reached - targets).pow(2).mean(dim=(1, 2)) if full else None
+    return torch.stack(srcs), reached, mse, (torch.stack(fm) if fm else None)
 
 
 def compute_wm_loss(
@@ -48,14 +50,17 @@ def compute_wm_loss(
     reward: torch.Tensor,
     task=None,
     *,
+    terminated: torch.Tensor | None = None,
     rho: float = 0.99,
     dynamics_coef: float = 20.0,
     reward_coef: float = 0.1,
+    termination_coef: float = 1.0,
     tau_sampling: str = "uniform",
     flow_source: str = "encoder",
     consistency_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1) → (loss, detached metrics)."""
+    """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1), and for episodic world
+    models `terminated` (H, B, 1) → (loss, detached metrics)."""
     H = action.shape[0]
     if obs.shape[0] != H + 1 or reward.shape[:2] != action.shape[:2]:
         raise ValueError(
@@ -64,31 +69,36 @@ def compute_wm_loss(
         )
     if flow_source not in FLOW_SOURCES:
         raise ValueError(f"flow_source={flow_source!r} is unknown: use one of {list(FLOW_SOURCES)}")
+    if wm.episodic and terminated is None:
+        raise ValueError("an episodic world model's loss needs the slices' `terminated` flags")
     weights = rho ** torch.arange(H, device=obs.device, dtype=obs.dtype)
     metrics: dict[str, float] = {}
     nfe0 = getattr(wm, "nfe", 0)
 
+    # `reached`: the latents of steps 1..H that the termination head learns on. They are the
+    # model's own rollout wherever one is computed (the actor queries the head on imagined
+    # latents); teacher-forced flow training computes none and uses the encoded ones.
     if wm.kind == "mlp":
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
-        sources, dynamics, _ = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task)
+        sources, reached, dynamics, _ = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task)
     elif flow_source == "encoder":
         # One encoder pass over all H+1 steps; the target half is detached.
         z_all = wm.encode(obs, task)
-        sources, targets = z_all[:-1], z_all[1:].detach()
+        sources, targets, reached = z_all[:-1], z_all[1:].detach(), z_all[1:]
         dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling).mean(-1)
         if consistency_coef > 0:
-            _, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task)
+            _, reached, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task)
     else:
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
-        sources, consistency, dynamics = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task,
-                                                         fm_tau_sampling=tau_sampling, mse=consistency_coef > 0)
+        full = consistency_coef > 0 or wm.episodic
+        sources, reached, consistency, dynamics = _latent_rollout(
+            wm, wm.encode(obs[0], task), action, targets, task, fm_tau_sampling=tau_sampling, full=full)
     if wm.kind == "flow":
         metrics["flow_matching_loss"] = ((dynamics * weights).sum() / H).item()
         if consistency_coef > 0:
-            c = (consistency * weights).sum() / H
-            metrics["consistency_loss"] = c.item()
+            metrics["consistency_loss"] = ((consistency * weights).sum() / H).item()
             dynamics = dynamics + consistency_coef * consistency
         metrics["nfe"] = wm.nfe - nfe0
 
@@ -96,6 +106,12 @@ def compute_wm_loss(
     dynamics_loss = (dynamics * weights).sum() / H
     reward_loss = (rew * weights).sum() / H
     loss = dynamics_coef * dynamics_loss + reward_coef * reward_loss
+    if wm.episodic:
+        bce = F.binary_cross_entropy_with_logits(wm.termination(reached, task), terminated.float(),
+                                                 reduction="none").mean(dim=(1, 2))
+        termination_loss = (bce * weights).sum() / H
+        loss = loss + termination_coef * termination_loss
+        metrics["termination_loss"] = termination_loss.item()
     metrics.update(
         wm_loss=loss.item(), dynamics_loss=dynamics_loss.item(), reward_loss=reward_loss.item()
     )
@@ -109,6 +125,7 @@ def wm_loss_kwargs(alg) -> dict:
         rho=float(alg.wm_loss.rho),
         dynamics_coef=float(alg.wm_loss.dynamics_coef),
         reward_coef=float(alg.wm_loss.reward_coef),
+        termination_coef=float(alg.wm_loss.get("termination_coef", 1.0)),
         tau_sampling=wm.get("tau_sampling", "uniform"),
         flow_source=wm.get("flow_source", "encoder"),
         consistency_coef=float(wm.get("consistency_coef", 0.0)),

@@ -19,7 +19,7 @@ from flowpwm.ema import ema_update
 from flowpwm.rundir import WANDB_RUN_ID
 
 # Metrics shown in the progress postfix, with their short labels.
-SHOWN = {"eval_return": "eval", "actor_loss": "actor", "critic_loss": "critic", "wm_loss": "wm", "fps": "fps"}
+SHOWN = {"eval_return": "eval", "eval_length": "len", "actor_loss": "actor", "critic_loss": "critic", "wm_loss": "wm", "fps": "fps"}
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 

@@ -26,6 +26,7 @@ class Dims:
     action_dim: int
     num_tasks: int = 1
     task_dim: int = 0
+    episodic: bool = False  # with the termination head (episodic tasks)
 
 
 # cartpole-swingup (dm_control) for single task; TD-MPC2's padded MT30 / MT80 dims.
@@ -33,6 +34,7 @@ PRESETS = {
     "single": Dims("single-task (obs 5, act 1)", 5, 1),
     "mt30": Dims("MT30 (obs 24, act 6, 30 tasks, task_dim 64)", 24, 6, 30, 64),
     "mt80": Dims("MT80 (obs 39, act 6, 80 tasks, task_dim 96)", 39, 6, 80, 96),
+    "episodic": Dims("episodic single-task (Hopper-v5: obs 11, act 3, termination head)", 11, 3, episodic=True),
 }
 DYNAMICS = {"mlp": "dynamics", "flow": "velocity"}
 
@@ -40,7 +42,7 @@ DYNAMICS = {"mlp": "dynamics", "flow": "velocity"}
 def build_on_meta(wm_cfg: DictConfig, dims: Dims) -> LatentWorldModel:
     cfg = OmegaConf.merge(wm_cfg, {"task_dim": dims.task_dim} if dims.num_tasks > 1 else {})
     with torch.device("meta"):
-        return build_world_model(cfg, dims.obs_dim, dims.action_dim, num_tasks=dims.num_tasks)
+        return build_world_model(cfg, dims.obs_dim, dims.action_dim, num_tasks=dims.num_tasks, episodic=dims.episodic)
 
 
 def count(wm_cfg: DictConfig, dims: Dims) -> dict[str, int]:
@@ -97,7 +99,7 @@ class PairReport:
     def table(self) -> str:
         rows = [f"  {self.dims.label}",
                 f"    {'module':<20}{self.base_name:>14}{self.flow_name:>16}{'diff':>9}"]
-        for name in ("encoder", "dynamics", "reward", "task_emb", "total"):
+        for name in ("encoder", "dynamics", "reward", "termination", "task_emb", "total"):
             fname = "velocity" if name == "dynamics" else name
             if name not in self.base:
                 continue
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pair", nargs=2, action="append", metavar=("BASELINE", "FLOW"),
                    help="alg configs to compare (default: pwm_5M/pwm_5M_flow and pwm_48M/pwm_48M_flow)")
-    p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["single", "mt30", "mt80"])
+    p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["single", "episodic", "mt30", "mt80"])
     p.add_argument("--obs-dim", type=int, help="observation dim of the single-task preset")
     p.add_argument("--action-dim", type=int, help="action dim of the single-task preset")
     p.add_argument("--tolerance", type=float, default=0.02, help="relative tolerance (default 0.02 = 2%%)")

@@ -12,7 +12,8 @@ never defaults). Keys of every world model go into `WorldModel`, keys of flow wo
 (`*_flow` configs) into `FlowWorldModel`, keys of `alg` into `Alg`, a new section is a new
 dataclass plus one line in its parent. `key()` takes ge/gt/le/lt (numbers, or each element of a
 list), `choices` (a collection, or a function returning one), `min_len` (lists); types are
-int, float (an int is accepted), bool, str, list[int], list[str], `X | None`. Checks that
+int, float (an int is accepted), bool, str, list[int], list[str], `X | None`, and unions such as
+`bool | str` (a value fits when it fits one member). Checks that
 involve several keys are the `_cross_*` functions at the end, one line each.
 """
 
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from flowpwm.config import UserError
+from flowpwm.algorithms.pwm import TERMINATION_MASKS
 from flowpwm.envs.registry import available_tasks
 from flowpwm.integrators import STEPS, TAU_SAMPLING
 from flowpwm.losses import FLOW_SOURCES
@@ -93,6 +95,7 @@ class WmLoss:
     rho: float = key(gt=0, le=1)
     dynamics_coef: float = key(ge=0)
     reward_coef: float = key(ge=0)
+    termination_coef: float = key(ge=0)
 
 
 @dataclass
@@ -120,6 +123,8 @@ class Alg:
     ret_rms: bool = key()
     lr_schedule: str = key(choices=LR_SCHEDULES)
     min_lr: float = key(ge=0)
+    episodic: bool | str = key(choices=("auto", True, False))  # auto: the task can terminate
+    termination_mask: str = key(choices=TERMINATION_MASKS)
     wm_loss: WmLoss = key()
 
 
@@ -273,9 +278,9 @@ def _check_section(cls, data: Any, prefix: str, problems: list[str]) -> None:
             line = _check_value(hints[name], f.metadata, data[name])
             choices = _choices(f.metadata)
             if line and choices is not None and isinstance(data[name], str):
-                close = difflib.get_close_matches(data[name], list(choices), n=1)
+                close = difflib.get_close_matches(data[name], [c for c in choices if isinstance(c, str)], n=1)
                 line = f"unknown value{f' (did you mean {close[0]}?)' if close else ''}; choose one of " \
-                       f"{', '.join(map(str, choices))}"
+                       f"{', '.join(map(_show_choice, choices))}"
             if line:
                 problems.append(f"{prefix}{name}={_show(data[name])}: {line}")
 
@@ -283,6 +288,11 @@ def _check_section(cls, data: Any, prefix: str, problems: list[str]) -> None:
 def _check_value(t, meta: dict, value: Any) -> str | None:
     """None when `value` fits type `t` and the constraints, else what is allowed."""
     args = typing.get_args(t)
+    members = [a for a in args if a is not type(None)]
+    if len(members) > 1:  # e.g. `bool | str`: whichever member the value fits
+        if (value is None and type(None) in args) or any(_check_value(a, meta, value) is None for a in members):
+            return None
+        return "must be " + " or ".join(_describe(a, meta) for a in members)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), t) if optional else t
     if value is None:
@@ -319,6 +329,10 @@ def _choices(meta: dict):
     return list(c()) if callable(c) else c
 
 
+def _show_choice(c) -> str:
+    return str(c).lower() if isinstance(c, bool) else str(c)  # as YAML and overrides spell it
+
+
 def _describe(t, meta: dict) -> str:
     if typing.get_origin(t) is list:
         (elem,) = typing.get_args(t)
@@ -329,7 +343,7 @@ def _describe(t, meta: dict) -> str:
         return "true or false"
     choices = _choices(meta)
     if choices is not None:
-        return f"one of {', '.join(map(str, choices))}"
+        return f"one of {', '.join(map(_show_choice, choices))}"
     what = {int: "an integer", float: "a number", str: "a string"}[t]
     bounds = _bounds(meta)
     return f"{what} {bounds}" if bounds else what

@@ -184,8 +184,9 @@ class TrainingVisualizer:
                     label=f"{k} (seed-phase pretraining)")
 
     def _world_model_losses(self) -> Figure | None:
-        losses = [k for k in ("wm_loss", "dynamics_loss", "reward_loss") if self.has(k)]
-        pretrain = [k for k in ("wm_loss", "dynamics_loss", "reward_loss") if self.has(f"pretrain_{k}")]
+        keys = ("wm_loss", "dynamics_loss", "reward_loss", "flow_matching_loss", "consistency_loss", "termination_loss")
+        losses = [k for k in keys if self.has(k)]
+        pretrain = [k for k in keys if self.has(f"pretrain_{k}")]
         panels = (["losses"] if losses or pretrain else []) + (["nfe"] if self.has("nfe") else [])
         if not panels:
             return None
@@ -228,6 +229,7 @@ class TrainingVisualizer:
 
     def _summary_statistics(self) -> Figure | None:
         series = [(k, lbl) for k, lbl in (("eval_return", "eval return"),
+                                          ("eval_length", "eval episode length"),
                                           ("imagined_return", "imagined return"),
                                           ("action_std", "action std"),
                                           ("fps", "fps (env steps/s)"),
@@ -239,7 +241,7 @@ class TrainingVisualizer:
                      fontsize="small", transform=text_ax.transAxes)
         text_ax.set_title("run summary")
         for ax, (k, lbl) in zip(plot_axes, series):
-            self._line(ax, k, label=lbl, marker="o" if k == "eval_return" else None)
+            self._line(ax, k, label=lbl, marker="o" if k in ("eval_return", "eval_length") else None)
             ax.set_xlabel(STEPS)
             ax.set_ylabel(lbl)
             ax.set_title(lbl)

@@ -4,6 +4,12 @@ Per epoch the trainer calls `update_world_model` on replay slices, then `update_
 real start states: the actor loss rolls the world model (MLP or flow, whichever the config
 builds) H steps forward, sums discounted predicted rewards and bootstraps with the minimum
 over the critic ensemble; the critic regresses TD(λ) targets of that imagined trajectory.
+
+Episodic tasks (`episodic`: the world model has a termination head): after a predicted
+termination, imagined rewards and the bootstrap stop counting and TD(λ) does not bootstrap
+through the terminal step. `termination_mask` says how: `soft` weights step t by the
+continuation probability Π_{k≤t}(1 - p_k) (differentiable), `hard` by TD-MPC2's cumulative
+mask Π 1[p_k ≤ 0.5] (no gradient through the mask).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from flowpwm.models.critic import Critic
 from flowpwm.models.factory import build_world_model
 
 
+TERMINATION_MASKS = ("soft", "hard")
+
+
 @contextmanager
 def frozen(*modules: nn.Module):
     """No parameter gradients for these modules (inputs still get theirs): the actor's
@@ -38,11 +47,15 @@ def frozen(*modules: nn.Module):
 
 class PWM:
     def __init__(self, alg: DictConfig, obs_dim: int, action_dim: int, device="cpu",
-                 num_tasks: int = 1, action_dims=None):
+                 num_tasks: int = 1, action_dims=None, episodic: bool = False):
         self.cfg, self.device = alg, torch.device(device)
         self.horizon, self.gamma, self.lam = int(alg.horizon), float(alg.gamma), float(alg.lam)
         self.loss_kwargs = wm_loss_kwargs(alg)
-        self.wm = build_world_model(alg.world_model, obs_dim, action_dim, num_tasks, action_dims).to(self.device)
+        self.episodic, self.termination_mask = bool(episodic), str(alg.get("termination_mask", "soft"))
+        if self.termination_mask not in TERMINATION_MASKS:
+            raise ValueError(f"termination_mask={self.termination_mask!r}: use one of {list(TERMINATION_MASKS)}")
+        self.wm = build_world_model(alg.world_model, obs_dim, action_dim, num_tasks, action_dims,
+                                    episodic=self.episodic).to(self.device)
         latent = int(alg.world_model.latent_dim)
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
@@ -54,12 +67,13 @@ class PWM:
         self.ret_rms = RunningMeanStd(device=self.device) if alg.ret_rms else None
 
     # -- world model ------------------------------------------------------------------------
-    def compute_wm_loss(self, obs, action, reward, task=None):
-        """MLP: multi-step latent rollout loss; flow: flow-matching loss (see losses.py)."""
-        return compute_wm_loss(self.wm, obs, action, reward, task, **self.loss_kwargs)
+    def compute_wm_loss(self, obs, action, reward, task=None, terminated=None):
+        """MLP: multi-step latent rollout loss; flow: flow-matching loss (see losses.py); plus
+        the termination loss of an episodic world model."""
+        return compute_wm_loss(self.wm, obs, action, reward, task, terminated=terminated, **self.loss_kwargs)
 
-    def update_world_model(self, obs, action, reward, task=None) -> dict[str, float]:
-        loss, metrics = self.compute_wm_loss(obs, action, reward, task)
+    def update_world_model(self, obs, action, reward, task=None, terminated=None) -> dict[str, float]:
+        loss, metrics = self.compute_wm_loss(obs, action, reward, task, terminated)
         self.wm_opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), self.cfg.wm_grad_norm).item()
@@ -67,16 +81,24 @@ class PWM:
         return metrics
 
     # -- actor ------------------------------------------------------------------------------
+    def continuation(self, z: torch.Tensor, task=None) -> torch.Tensor:
+        """Probability (soft) or indicator (hard, no gradient) that latent z is not terminal, (B,)."""
+        p = torch.sigmoid(self.wm.termination(z, task)).squeeze(-1)
+        return 1 - p if self.termination_mask == "soft" else (p <= 0.5).to(p.dtype)
+
     def compute_actor_loss(self, obs0: torch.Tensor, task=None, update_stats: bool = True):
         """Imagined H-step return from real start states, normalised by the running return std
         (updated with these returns unless `update_stats` is False).
 
-        Returns (loss, imagined latents (H, B, L), rewards (H, B), bootstrap values V(z_{t+1})
-        (H, B), imagined returns (B,)), all but the loss detached: the critic's TD(λ) data."""
+        Returns (loss, the critic's TD(λ) data, imagined returns (B,)); the data, all detached:
+        latents z_0..z_{H-1} (H, B, L), rewards (H, B), bootstrap values V(z_{t+1}) (H, B) and,
+        for episodic models, `cont` (H, B): the continuation of z_{t+1} (1 - p or the mask), else
+        None."""
         with torch.no_grad():
             z = self.wm.encode(obs0, task)
-        zs, rews, values = [], [], []
+        zs, rews, values, conts = [], [], [], []
         ret = torch.zeros(obs0.shape[0], device=self.device)
+        alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
         with frozen(self.wm, self.critic):
             for t in range(self.horizon):
                 zs.append(z.detach())
@@ -84,34 +106,49 @@ class PWM:
                 r = self.wm.reward_value(z, a, task).squeeze(-1)
                 z = self.wm.next(z, a, task)
                 v = self.critic.min_value(z).squeeze(-1)
-                ret = ret + self.gamma ** t * r
+                ret = ret + self.gamma ** t * alive * r
+                if self.episodic:
+                    cont = self.continuation(z, task)
+                    alive = alive * cont
+                    conts.append(cont.detach())
                 rews.append(r.detach())
                 values.append(v.detach())
-            ret = ret + self.gamma ** self.horizon * v
+            ret = ret + self.gamma ** self.horizon * alive * v
         if self.ret_rms is not None:
             if update_stats:
                 self.ret_rms.update(ret)
             loss = -(ret / self.ret_rms.std.float()).mean()
         else:
             loss = -(ret / self.horizon).mean()
-        return loss, torch.stack(zs), torch.stack(rews), torch.stack(values), ret.detach()
+        data = {"zs": torch.stack(zs), "rewards": torch.stack(rews), "values": torch.stack(values),
+                "cont": torch.stack(conts) if self.episodic else None}
+        return loss, data, ret.detach()
 
     @torch.no_grad()
-    def td_lambda_targets(self, rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """G_t = r_t + γ((1-λ) V(z_{t+1}) + λ G_{t+1}), G_{H-1} = r_{H-1} + γ V(z_H)."""
+    def td_lambda_targets(self, rewards: torch.Tensor, values: torch.Tensor,
+                          cont: torch.Tensor | None = None) -> torch.Tensor:
+        """G_t = r_t + γ c_t ((1-λ) V(z_{t+1}) + λ G_{t+1}), G_{H-1} = r_{H-1} + γ c_{H-1} V(z_H),
+        c_t the continuation of z_{t+1} (1 without termination): nothing is bootstrapped through
+        a terminal step."""
+        cont = torch.ones_like(rewards) if cont is None else cont
         targets = torch.empty_like(rewards)
         for t in reversed(range(self.horizon)):
             ahead = values[t] if t == self.horizon - 1 else (1 - self.lam) * values[t] + self.lam * targets[t + 1]
-            targets[t] = rewards[t] + self.gamma * ahead
+            targets[t] = rewards[t] + self.gamma * cont[t] * ahead
         return targets
 
-    def update_critic(self, zs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    def update_critic(self, zs: torch.Tensor, targets: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Regress the TD(λ) targets; `weights` (H, B) (the probability that z_t is still alive
+        in an episodic rollout) weight each state's squared error."""
         z, y = zs.reshape(-1, zs.shape[-1]), targets.reshape(-1, 1)
+        w = None if weights is None else weights.reshape(-1, 1)
         n, batches = z.shape[0], int(self.cfg.critic_batches)
         losses, norms = [], []
         for _ in range(int(self.cfg.critic_iterations)):
             for idx in torch.randperm(n, device=self.device).chunk(batches):
-                loss = (self.critic(z[idx]) - y[idx]).pow(2).mean()
+                err = (self.critic(z[idx]) - y[idx]).pow(2)
+                loss = err.mean() if w is None else (err * w[idx]).sum() / w[idx].sum().clamp(min=1e-6) / err.shape[-1]
                 self.critic_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 norms.append(nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.critic_grad_norm).item())
@@ -121,7 +158,7 @@ class PWM:
 
     def update_policy(self, obs0: torch.Tensor, task=None) -> dict[str, float]:
         """One actor step and `critic_iterations` critic passes on the same imagined rollout."""
-        loss, zs, rews, values, ret = self.compute_actor_loss(obs0, task)
+        loss, data, ret = self.compute_actor_loss(obs0, task)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_norm).item()
@@ -129,8 +166,14 @@ class PWM:
             raise FloatingPointError("actor gradient is not finite")
         self.actor_opt.step()
         metrics = {"actor_loss": loss.item(), "actor_grad_norm": norm, "imagined_return": ret.mean().item(),
-                   "imagined_reward": rews.mean().item(), "action_std": self.actor.logstd.exp().mean().item()}
-        metrics.update(self.update_critic(zs, self.td_lambda_targets(rews, values)))
+                   "imagined_reward": data["rewards"].mean().item(), "action_std": self.actor.logstd.exp().mean().item()}
+        cont, alive = data["cont"], None
+        if cont is not None:
+            # z_t is alive when no termination happened among z_1..z_t.
+            alive = torch.cat([torch.ones_like(cont[:1]), cont[:-1]]).cumprod(0)
+            metrics["imagined_length"] = (alive.sum(0)).mean().item()
+        metrics.update(self.update_critic(data["zs"], self.td_lambda_targets(data["rewards"], data["values"], cont),
+                                          alive))
         return metrics
 
     def actor_gradient(self, obs0: torch.Tensor, task=None) -> torch.Tensor:
@@ -152,9 +195,9 @@ class PWM:
             grads = torch.stack([self.actor_gradient(obs0, task) for obs0 in start_states])
         return compute_esnr(grads)
 
-    def update(self, obs, action, reward, task=None) -> dict[str, float]:
+    def update(self, obs, action, reward, task=None, terminated=None) -> dict[str, float]:
         """Offline step on one batch of slices: world model, then actor and critic from obs[0]."""
-        metrics = self.update_world_model(obs, action, reward, task)
+        metrics = self.update_world_model(obs, action, reward, task, terminated)
         metrics.update(self.update_policy(obs[0], task))
         return metrics
 
@@ -167,19 +210,26 @@ class PWM:
     @torch.no_grad()
     def eval(self, env, episodes: int, seed: int, task=None) -> dict[str, float]:
         """Deterministic policy in the real environment; returns the env's episode returns
-        (never the model's), run with `env.num_envs` episodes in parallel."""
-        returns: list[float] = []
+        (never the model's) and lengths. Each of the `env.num_envs` envs runs a fixed number of
+        whole episodes from reset (`episodes` shared out before any starts), so short episodes
+        are not over-counted as they would be by keeping the first ones to finish."""
+        n = env.num_envs
+        quota = [episodes // n + (i < episodes % n) for i in range(n)]
+        returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
         obs = env.reset(seed=seed)
-        ep_ret = torch.zeros(env.num_envs)
-        while len(returns) < episodes:
+        ep_ret, ep_len = torch.zeros(n), torch.zeros(n, dtype=torch.long)
+        while any(len(r) < q for r, q in zip(returns, quota)):
             obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=True, task=task).cpu())
             ep_ret += reward
+            ep_len += 1
             for i in torch.nonzero(terminated | truncated).flatten().tolist():
-                returns.append(ep_ret[i].item())
-                ep_ret[i] = 0.0
-        returns = returns[:episodes]
-        return {"eval_return": sum(returns) / len(returns), "eval_return_min": min(returns),
-                "eval_return_max": max(returns), "eval_episodes": len(returns)}
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(ep_ret[i].item())
+                    lengths[i].append(int(ep_len[i]))
+                ep_ret[i], ep_len[i] = 0.0, 0
+        flat = [r for rs in returns for r in rs]
+        return {"eval_return": sum(flat) / len(flat), "eval_return_min": min(flat), "eval_return_max": max(flat),
+                "eval_length": sum(sum(ls) for ls in lengths) / len(flat), "eval_episodes": len(flat)}
 
     # -- learning-rate schedule and checkpoints ---------------------------------------------
     def set_progress(self, progress: float) -> None:

@@ -231,7 +231,8 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
     state = run.load_checkpoint(ckpt)
     dims = state["dims"]
     try:
-        agent = PWM(cfg.alg, int(dims["obs_dim"]), int(dims["action_dim"]))
+        episodic = any(k.startswith("_termination.") for k in state["agent"]["world_model"])
+        agent = PWM(cfg.alg, int(dims["obs_dim"]), int(dims["action_dim"]), episodic=episodic)
         agent.load_state_dict(state["agent"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{ckpt} does not match {run.config} ({str(e).splitlines()[0][:160]}): "
@@ -245,6 +246,22 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
                           int(dims["obs_dim"]), int(dims["action_dim"]))
     replay.load_state_dict(buf)
     return agent, replay, state
+
+
+@torch.no_grad()
+def termination_accuracy(wm, buffer: ReplayBuffer, transitions: int, seed: int = 0) -> dict:
+    """The termination head on one-step transitions from the buffer: σ(logit) > 0.5 at the
+    latent next() reaches, against the recorded `terminated` flags. Terminal steps are rare
+    (one per fallen episode), so recall and the false-alarm rate are reported beside accuracy."""
+    b = buffer.sample(transitions, 1, generator=torch.Generator().manual_seed(seed + 1))
+    z1 = wm.next(wm.encode(b["obs"][0]), b["action"][0])
+    predicted = torch.sigmoid(wm.termination(z1)).flatten() > 0.5
+    true = b["terminated"].flatten() > 0.5
+    n_true = int(true.sum())
+    return {"transitions": int(transitions), "terminal": n_true,
+            "accuracy": (predicted == true).float().mean().item(),
+            "recall": (predicted & true).sum().item() / n_true if n_true else float("nan"),
+            "false_alarm": (predicted & ~true).sum().item() / max(int((~true).sum()), 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +312,7 @@ def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,
         "nfe": count_nfe(wm, z0, a0, H),
         "esnr": esnr,
         "flow": None,
+        "termination": termination_accuracy(wm, buffer, 8 * slices, seed) if agent.episodic else None,
     }
     if wm.kind == "flow":
         N = default_fine_substeps(wm) if fine_substeps is None else int(fine_substeps)
@@ -333,6 +351,11 @@ def format_report(d: dict) -> str:
             lines.append(f"\nwarning: the {fl['fine_substeps']}-step reference path is not converged (it moves by "
                          f"{fl['reference_gap']['median']:.1%} of a step when halved): straightness and integrator "
                          f"gap are unreliable; raise --fine-substeps")
+    term = d.get("termination")
+    if term:
+        lines += ["", (f"termination head on {term['transitions']} one-step transitions ({term['terminal']} terminal): "
+                       f"accuracy {term['accuracy']:.3f}, recall {term['recall']:.3f}, "
+                       f"false alarms {term['false_alarm']:.4f}")]
     unit = "velocity calls (NFE)" if d["kind"] == "flow" else "dynamics-network calls"
     lines += ["", (f"{unit}: {nfe['per_next']} per next() (configured: {nfe['expected_per_next']}), "
                    f"{nfe['per_rollout']} per {H}-step rollout"),

@@ -31,29 +31,37 @@ class ToyOscillator:
     def reward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return torch.exp(-x.pow(2).sum(-1, keepdim=True)) - 0.1 * a.pow(2).sum(-1, keepdim=True)
 
+    def terminal(self, x: torch.Tensor) -> torch.Tensor:
+        """A known termination rule for episodic checks: the first oscillator's position above 0.5."""
+        return (x[..., :1] > 0.5).float()
+
     def rollout(self, episodes: int, length: int) -> dict[str, torch.Tensor]:
-        """Random-action episodes: obs (T+1, E, obs_dim), action (T, E, A), reward (T, E, 1)."""
+        """Random-action episodes: obs (T+1, E, obs_dim), action (T, E, A), reward (T, E, 1) and
+        `terminal(x_{t+1})` (T, E, 1) as termination flags (the episodes go on regardless)."""
         x = torch.randn(episodes, self.state_dim, generator=self.generator)
-        xs, acts, rews = [x], [], []
+        xs, acts, rews, terms = [x], [], [], []
         for _ in range(length):
             a = 2 * torch.rand(episodes, self.action_dim, generator=self.generator) - 1
             rews.append(self.reward(x, a))
             x = x @ self.A.T + a @ self.B.T
             xs.append(x)
             acts.append(a)
+            terms.append(self.terminal(x))
         obs = torch.stack(xs) @ self.C.T
-        return {"obs": obs, "action": torch.stack(acts), "reward": torch.stack(rews)}
+        return {"obs": obs, "action": torch.stack(acts), "reward": torch.stack(rews), "terminated": torch.stack(terms)}
 
 
 def sample_windows(data: dict[str, torch.Tensor], batch: int, horizon: int,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    """Random (horizon+1)-step windows of fixed-length episodes, time-major like the buffer."""
+                   generator: torch.Generator | None = None, terminated: bool = False) -> tuple[torch.Tensor, ...]:
+    """Random (horizon+1)-step windows of fixed-length episodes, time-major like the buffer:
+    obs, action, reward (and the termination flags, given `terminated`)."""
     T, E = data["action"].shape[:2]
     ep = torch.randint(E, (batch,), generator=generator)
     t0 = torch.randint(T - horizon + 1, (batch,), generator=generator)
     steps = t0[None] + torch.arange(horizon + 1)[:, None]  # (H+1, B)
     obs = data["obs"][steps, ep]
-    return obs, data["action"][steps[:-1], ep], data["reward"][steps[:-1], ep]
+    out = (obs, data["action"][steps[:-1], ep], data["reward"][steps[:-1], ep])
+    return out + (data["terminated"][steps[:-1], ep],) if terminated else out
 
 
 class SimplexMixing:

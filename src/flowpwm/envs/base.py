@@ -41,6 +41,7 @@ class BatchedEnv(ABC):
     max_episode_steps: int
     action_low: np.ndarray
     action_high: np.ndarray
+    can_terminate: bool = False  # episodes may end before the time limit (a fall): `alg.episodic: auto`
 
     def __init__(self, num_envs: int, seed: int = 0, device: str | torch.device = "cpu"):
         if num_envs < 1:

@@ -19,7 +19,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 GYM_INSTALL = "pip install 'gymnasium[mujoco]==1.4.0' mujoco==3.17.0"
 
-GYM_TASKS: tuple[str, ...] = ("Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5")
+GYM_TASKS: tuple[str, ...] = ("Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5", "Walker2d-v5")
+# Tasks whose episodes end when the robot falls (a health check); HalfCheetah never terminates.
+TERMINATING = frozenset({"Ant-v5", "Hopper-v5", "Humanoid-v5", "Walker2d-v5"})
 
 
 def _make(task: str, **kwargs: Any) -> Any:
@@ -41,6 +43,7 @@ class GymMujocoEnv(BatchedEnv):
         if task not in GYM_TASKS:
             raise UserError(f"unknown gymnasium MuJoCo task {task!r}: choose one of {', '.join(GYM_TASKS)}")
         self.task = task
+        self.can_terminate = task in TERMINATING
         self._envs = [_make(task, **make_kwargs) for _ in range(num_envs)]
 
         env = self._envs[0]

@@ -26,6 +26,7 @@ class MultiTaskEnv(BatchedEnv):
         self.task_obs_dim, self.task_action_dim = env.obs_dim, env.action_dim
         self.obs_dim, self.action_dim = task_set.obs_dim, task_set.action_dim
         self.max_episode_steps = env.max_episode_steps
+        self.can_terminate = env.can_terminate
         pad = self.action_dim - self.task_action_dim
         # Padded dims get [-1, 1] bounds: `prepare_actions` rescales them harmlessly, `_step_one` drops them.
         self.action_low = np.concatenate([env.action_low, -np.ones(pad)])

@@ -10,9 +10,9 @@ from flowpwm.models.world_model import LatentWorldModel, WorldModel
 
 
 def build_world_model(wm_cfg, obs_dim: int, action_dim: int, num_tasks: int = 1,
-                      action_dims=None) -> LatentWorldModel:
-    """`type: mlp` → WorldModel, `type: flow` → FlowWorldModel. A bad or missing setting
-    raises `UserError` naming it."""
+                      action_dims=None, episodic: bool = False) -> LatentWorldModel:
+    """`type: mlp` → WorldModel, `type: flow` → FlowWorldModel (with a termination head when
+    `episodic`). A bad or missing setting raises `UserError` naming it."""
     try:
         common = dict(
             obs_dim=obs_dim,
@@ -28,6 +28,7 @@ def build_world_model(wm_cfg, obs_dim: int, action_dim: int, num_tasks: int = 1,
             task_dim=int(wm_cfg.get("task_dim", 0)),
             action_dims=action_dims,
             dropout=float(wm_cfg.get("dropout", 0.0)),
+            episodic=episodic,
         )
         if wm_cfg.type == "mlp":
             return WorldModel(**common)

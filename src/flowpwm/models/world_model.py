@@ -1,7 +1,7 @@
 """TD-MPC2-style latent world models.
 
-`LatentWorldModel` holds what both world models share (encoder, reward head, task embedding,
-action masks); `WorldModel` adds the MLP dynamics, `FlowWorldModel` (flow_world_model.py) a
+`LatentWorldModel` holds what both world models share (encoder, reward head, termination head
+for episodic tasks, task embedding, action masks); `WorldModel` adds the MLP dynamics, `FlowWorldModel` (flow_world_model.py) a
 velocity field. Both build the shared parts here, so their shapes are identical by construction.
 """
 
@@ -32,6 +32,7 @@ class LatentWorldModel(nn.Module):
         task_dim: int = 0,
         action_dims: Sequence[int] | None = None,
         dropout: float = 0.0,
+        episodic: bool = False,
     ):
         super().__init__()
         if latent_dim % simnorm_dim:
@@ -52,6 +53,11 @@ class LatentWorldModel(nn.Module):
             self.register_buffer("action_masks", masks)
         self._encoder = mlp(obs_dim + self.task_dim, encoder_units, latent_dim, last_act=SimNorm(simnorm_dim), dropout=dropout)
         self._reward = mlp(latent_dim + action_dim + self.task_dim, units, max(num_bins, 1))
+        # Episodic tasks (the episode ends when the robot falls): logits of "this latent is
+        # terminal", as TD-MPC2; only built when needed, the same module for both world models.
+        self.episodic = bool(episodic)
+        if self.episodic:
+            self._termination = mlp(latent_dim + self.task_dim, units, 1)
 
     def reset_parameters(self) -> None:
         """TD-MPC2 init; the reward head's last layer starts at zero (predicts the mean bin)."""
@@ -91,6 +97,12 @@ class LatentWorldModel(nn.Module):
 
     def reward_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return twohot.reward_loss(logits, target, self.num_bins, self.vmin, self.vmax)
+
+    def termination(self, z: torch.Tensor, task=None) -> torch.Tensor:
+        """Logits (..., 1) that the state with latent z is terminal (episodic models only)."""
+        if not self.episodic:
+            raise ValueError("this world model has no termination head: build it with episodic=True")
+        return self._termination(self.task_emb(z, task))
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         raise NotImplementedError

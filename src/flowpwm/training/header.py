@@ -16,11 +16,11 @@ def paired_name(name: str) -> str:
     return name.removesuffix("_flow") if name.endswith("_flow") else f"{name}_flow"
 
 
-def parity_line(alg, obs_dim: int, action_dim: int, wm_params: int) -> str:
+def parity_line(alg, obs_dim: int, action_dim: int, wm_params: int, episodic: bool = False) -> str:
     """Parameter count against the paired config (pwm_5M <-> pwm_5M_flow) at this run's dims."""
     pair = paired_name(str(alg.name))
     try:
-        other = count(load_alg(pair).world_model, Dims(pair, obs_dim, action_dim))["total"]
+        other = count(load_alg(pair).world_model, Dims(pair, obs_dim, action_dim, episodic=episodic))["total"]
     except UserError:
         return f"{wm_params:,} params (no paired config {pair})"
     return f"{wm_params:,} params; paired {pair}: {other:,} ({rel_diff(wm_params, other):+.2%})"
@@ -33,8 +33,12 @@ def run_header(trainer, wandb_line: str) -> str:
         f"train: {cfg.alg.name} on {cfg.env.task} (obs {env.obs_dim}, act {env.action_dim}), seed {cfg.seed}, "
         f"device {cfg.device}; {trainer.total_epochs} epochs after {cfg.train.seed_steps} seed steps "
         f"({cfg.train.env_steps} env steps)",
-        f"  world model: {agent.wm.kind}, {parity_line(cfg.alg, env.obs_dim, env.action_dim, n_params(agent.wm))}",
+        f"  world model: {agent.wm.kind}, "
+        f"{parity_line(cfg.alg, env.obs_dim, env.action_dim, n_params(agent.wm), agent.episodic)}",
     ]
+    if agent.episodic:
+        lines.append(f"  episodic: termination head, {agent.termination_mask} continuation in the actor and "
+                     f"critic (alg.episodic={cfg.alg.episodic})")
     if agent.wm.kind == "flow":
         per_step = nfe(wm_cfg.integrator, int(wm_cfg.substeps))
         lines.append(f"  flow: integrator {wm_cfg.integrator}, K={wm_cfg.substeps} substeps ({per_step} velocity "

@@ -39,6 +39,11 @@ def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def resolve_episodic(setting, env) -> bool:
+    """`alg.episodic`: auto = the task can end an episode before its time limit (a fall)."""
+    return bool(env.can_terminate) if str(setting) == "auto" else str(setting).lower() == "true"
+
+
 def averaged(updates) -> dict[str, float]:
     """Mean of each metric over several updates' metric dicts."""
     sums, n = {}, 0
@@ -62,7 +67,8 @@ class OnlineTrainer:
         set_seed(int(cfg.seed), deterministic=bool(cfg.get("deterministic", False)))
         self.env = make_env(cfg.env.task, int(cfg.env.num_envs), seed=cfg.seed)
         self.eval_env = make_env(cfg.env.task, min(int(cfg.train.eval_episodes), 8), seed=cfg.seed + 10_000)
-        self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device)
+        self.episodic = resolve_episodic(cfg.alg.episodic, self.env)
+        self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device, episodic=self.episodic)
         self.buffer = ReplayBuffer(int(cfg.train.buffer_size), self.env.num_envs, self.env.obs_dim,
                                    self.env.action_dim, device=cfg.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -118,17 +124,23 @@ class OnlineTrainer:
             else:
                 action = self.agent.act(self.obs).cpu()
             next_obs, reward, terminated, truncated, final_obs = self.env.step(action)
+            if terminated.any() and not self.episodic:
+                raise UserError(f"{self.cfg.env.task} ended an episode by termination (not a time limit) but "
+                                f"alg.episodic={str(self.cfg.alg.episodic).lower()}: the world model would not learn it; "
+                                f"use alg.episodic=auto or true")
             self.buffer.add(self.obs, action, reward, final_obs, terminated, truncated)
             self.obs = next_obs
             self.env_steps += self.env.num_envs
 
     def sample(self, batch_size: int, generator=None):
         b = self.buffer.sample(batch_size, self.agent.horizon, generator=generator or self.sample_gen)
-        return b["obs"], b["action"], b["reward"]
+        return b["obs"], b["action"], b["reward"], b["terminated"]
 
     def update_world_model(self, iterations: int) -> dict[str, float]:
         batch = int(self.cfg.alg.wm_batch_size)
-        return averaged(self.agent.update_world_model(*self.sample(batch)) for _ in range(iterations))
+        updates = (self.agent.update_world_model(obs, action, reward, terminated=terminated if self.episodic else None)
+                   for obs, action, reward, terminated in (self.sample(batch) for _ in range(iterations)))
+        return averaged(updates)
 
     def update_policy(self, iterations: int) -> dict[str, float]:
         """Actor + critic updates, each from fresh real start states."""
@@ -258,7 +270,7 @@ class OnlineTrainer:
         if evaluated:
             record.update(self.evaluate())
             monitor.write(f"  epoch {self.epoch:5d}  env steps {self.env_steps:7d}  eval return "
-                          f"{record['eval_return']:7.1f}  wm {record['wm_loss']:.4f}  "
+                          f"{record['eval_return']:7.1f}  length {record['eval_length']:5.0f}  wm {record['wm_loss']:.4f}  "
                           f"actor {record['actor_loss']:.3f}  ({time.perf_counter() - start:.0f}s)")
         self.wall_time = time.perf_counter() - start
         record = {"epoch": self.epoch, "env_steps": self.env_steps, "wall_time": self.wall_time,
