@@ -135,6 +135,22 @@ def test_consistency_term_adds_the_integrated_latent_mse(source):
         wm_loss_kwargs(alg)
 
 
+@pytest.mark.parametrize("source", ["encoder", "rollout"])
+def test_fm_source_grad_false_keeps_the_flow_matching_term_off_the_encoder(source):
+    """The flow-matching target x1 - x0 shrinks with the latent scale; with fm_source_grad=False
+    its gradient trains the velocity field only, never the encoder that produced x0."""
+    obs, action, reward = batch(H=4)
+    grads = {}
+    for flag in (True, False):
+        wm = tiny_wm("flow")
+        loss, _ = compute_wm_loss(wm, obs, action, reward, flow_source=source, reward_coef=0.0, fm_source_grad=flag)
+        loss.backward()
+        grads[flag] = (sum(p.grad.abs().sum() for p in wm._encoder.parameters() if p.grad is not None),
+                       sum(p.grad.abs().sum() for p in wm._velocity.parameters()))
+    assert grads[True][0] > 0 and grads[False][0] == 0
+    assert grads[True][1] > 0 and grads[False][1] > 0
+
+
 def test_consistency_term_is_zero_when_next_hits_its_targets():
     wm = tiny_wm("flow", integrator="euler", substeps=2)
     z0 = wm.encode(torch.randn(8, wm.obs_dim))

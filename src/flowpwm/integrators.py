@@ -72,12 +72,16 @@ def sample_tau(shape: tuple[int, ...], scheme: str, device=None, dtype=torch.flo
 
 
 def compute_flow_matching_loss(f: Velocity, x0: torch.Tensor, x1: torch.Tensor,
-                               tau_sampling: str = "uniform") -> torch.Tensor:
+                               tau_sampling: str = "uniform", source_grad: bool = True) -> torch.Tensor:
     """Rectified-flow loss ‖f(x_tau, tau) - (x1 - x0)‖², x_tau = (1 - tau) x0 + tau x1.
 
-    x1 is detached here (the target never trains the encoder through the target side);
-    returns the per-sample loss, averaged over the last (latent) dimension."""
+    x1 is detached here (the target never trains the encoder through the target side); with
+    `source_grad=False` x0 is too, so the loss trains the velocity field only (not whatever
+    produced x0: the encoder, or an integrated rollout). Returns the per-sample loss, averaged
+    over the last (latent) dimension."""
     x1 = x1.detach()
+    if not source_grad:
+        x0 = x0.detach()
     tau = sample_tau((*x0.shape[:-1], 1), tau_sampling, x0.device, x0.dtype)
     x_tau = (1 - tau) * x0 + tau * x1
     return (f(x_tau, tau) - (x1 - x0)).pow(2).mean(-1)

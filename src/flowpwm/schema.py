@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from flowpwm.config import UserError
 from flowpwm.algorithms.pwm import TERMINATION_MASKS
 from flowpwm.envs.registry import available_tasks
+from flowpwm.envs.tasksets import MT80, TASK_SETS
 from flowpwm.integrators import STEPS, TAU_SAMPLING
 from flowpwm.losses import FLOW_SOURCES
 from flowpwm.models.flow_world_model import TAU_EMBEDDINGS
@@ -72,6 +73,7 @@ class FlowWorldModel(WorldModel):
     tau_features: int = key(ge=1)
     velocity_units: list[int] = key(ge=1, min_len=1)
     consistency_coef: float = key(ge=0)
+    fm_source_grad: bool = key()
 
 
 WORLD_MODELS = {"mlp": WorldModel, "flow": FlowWorldModel}  # alg.world_model.type -> its schema
@@ -193,6 +195,77 @@ class Config:
     alg: Alg = key()
 
 
+# -- offline multi-task configs: `flowpwm pretrain` (configs/pretrain.yaml) and `flowpwm
+# train-policy` (configs/policy.yaml); roots of their own, checked by `validate_offline` -----------
+@dataclass
+class Data:
+    path: str | None = key()  # the dataset directory (or one chunk); null is refused by _cross_pretrain
+    task_set: str = key(choices=tuple(TASK_SETS))
+    manifest: str | None = key()  # null: DIR/MANIFEST.sha256.json when there is one
+
+
+@dataclass
+class Pretrain:
+    iterations: int = key(ge=1)
+    batch_size: int = key(ge=1)
+    log_every: int = key(ge=1)  # iterations per metrics line (the run's "epoch")
+    eval_every: int = key(ge=1)  # iterations between held-out evaluations (a multiple of log_every)
+    eval_batch_size: int = key(ge=1)
+    held_out: float = key(ge=0, lt=1)  # fraction of each task's episodes kept out of training
+    checkpoint_every: int = key(ge=1)  # iterations (a multiple of log_every)
+    threads: int = key(ge=0)
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = key(ge=0)
+    device: str = key()
+    deterministic: bool = key()
+    resume: str | None = key()
+    data: Data = key()
+    pretrain: Pretrain = key()
+    monitor: Monitor = key()
+    wandb: Wandb = key()
+    alg: Alg = key()
+
+
+@dataclass
+class PolicyData:
+    path: str | None = key()  # null: the dataset the pretraining run was trained on
+    manifest: str | None = key()
+
+
+@dataclass
+class Policy:
+    iterations: int = key(ge=1)
+    eval_every: int = key(ge=1)
+    eval_episodes: int = key(ge=1)
+    eval_envs: int = key(ge=1)
+    checkpoint_every: int = key(ge=1)
+    fine_tune: bool = key()
+    esnr_every: int = key(ge=0)
+    esnr_samples: int = key(ge=2)
+    threads: int = key(ge=0)
+
+
+@dataclass
+class PolicyConfig:
+    seed: int = key(ge=0)
+    device: str = key()
+    deterministic: bool = key()
+    resume: str | None = key()
+    pretrained: str | None = key()  # a pretraining run dir, or a directory of them (a sweep's)
+    task: str | None = key(choices=MT80)  # must also be in the pretrained world model's task set
+    data: PolicyData = key()
+    policy: Policy = key()
+    monitor: Monitor = key()
+    wandb: Wandb = key()
+    alg: Alg = key()
+
+
+OFFLINE_ROOTS = {"pretrain": PretrainConfig, "policy": PolicyConfig}  # config name -> its schema
+
+
 # -- checking -------------------------------------------------------------------------------------
 class ConfigError(UserError):
     """One or more config violations; str() is one line per violation."""
@@ -237,10 +310,11 @@ def keys(cls=Config, prefix: str = "") -> list[str]:
     return out
 
 
-def unknown_key_line(dotted: str, value: Any = None, show_value: bool = True) -> str:
-    """`key=value: unknown key` with the nearest known key as a hint."""
+def unknown_key_line(dotted: str, value: Any = None, show_value: bool = True, root=None) -> str:
+    """`key=value: unknown key` with the nearest known key (of config `root`, default the
+    training config) as a hint."""
     parent = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
-    known = keys()
+    known = keys(root or Config)
     close = difflib.get_close_matches(dotted, known, n=1, cutoff=0.75)
     siblings = sorted({k[len(parent):].split(".")[0] for k in known if k.startswith(parent)})
     hint = (" (a flow-model key: use a *_flow alg config)" if dotted.startswith("alg.world_model.") and dotted in known
@@ -257,7 +331,7 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_section(cls, data: Any, prefix: str, problems: list[str]) -> None:
+def _check_section(cls, data: Any, prefix: str, problems: list[str], root=None) -> None:
     where = prefix[:-1] or "the config"
     if not isinstance(data, dict):
         problems.append(f"{where}={_show(data)}: must be a section (a mapping of keys)")
@@ -268,12 +342,12 @@ def _check_section(cls, data: Any, prefix: str, problems: list[str]) -> None:
     known = {f.name: f for f in fields(cls)}
     for name in data:
         if name not in known:
-            problems.append(unknown_key_line(f"{prefix}{name}", data[name]))
+            problems.append(unknown_key_line(f"{prefix}{name}", data[name], root=root))
     for name, f in known.items():
         if name not in data:
             problems.append(f"{prefix}{name}: missing (the config must set it)")
         elif is_dataclass(hints[name]):
-            _check_section(hints[name], data[name], f"{prefix}{name}.", problems)
+            _check_section(hints[name], data[name], f"{prefix}{name}.", problems, root)
         else:
             line = _check_value(hints[name], f.metadata, data[name])
             choices = _choices(f.metadata)
@@ -476,3 +550,79 @@ def _check_resume_dir(overrides: list[str], cfg) -> None:
     if resume and resume != "auto" and run_dir and Path(run_dir).resolve() != Path(str(resume)).resolve():
         raise UserError(f"resume={resume} continues that run dir in place; drop hydra.run.dir={run_dir} (or use "
                         f"hydra.run.dir={resume} resume=auto)")
+
+
+# -- checking the offline configs (pretrain, policy) ---------------------------------------------
+def validate_offline(cfg: DictConfig | dict, config_name: str, hardware: bool = True) -> list[str]:
+    """Every violation of a composed `pretrain` or `policy` config, one line each."""
+    root = OFFLINE_ROOTS[config_name]
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as e:
+            return [f"config: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"]
+    problems: list[str] = []
+    _check_section(root, cfg, "", problems, root)
+    if problems:
+        return problems
+    cross = _cross_pretrain if config_name == "pretrain" else _cross_policy
+    for check in (_cross_world_model, cross, _cross_device):
+        problems += check(cfg, hardware)
+    return problems
+
+
+def check_offline_config(cfg: DictConfig | dict, config_name: str, hardware: bool = True) -> None:
+    problems = validate_offline(cfg, config_name, hardware)
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_offline_overrides(config_name: str, overrides: list[str], multirun: bool = False,
+                            hardware: bool = True) -> list:
+    """`check_overrides` for the `pretrain` / `policy` configs: each job's config composed and
+    checked; returns the composed configs."""
+    from flowpwm.config import compose
+
+    jobs = sweep_combinations(overrides) if multirun else [list(overrides)]
+    swept = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]
+    configs, found = [], []
+    for job in jobs:
+        try:
+            configs.append(compose(job, config_name=config_name))
+        except UserError as e:  # an override of a key this config lacks: hint from this config's keys
+            unknown = re.match(r"^(\S+): unknown key", str(e))
+            if unknown:
+                raise UserError(unknown_key_line(unknown.group(1), show_value=False, root=OFFLINE_ROOTS[config_name])) from None
+            raise
+        found.append(validate_offline(configs[-1], config_name, hardware))
+    everywhere = [p for p in found[0] if all(p in f for f in found)]
+    problems = everywhere + [f"[{' '.join(job[i] for i in swept)}] {p}"
+                             for job, f in zip(jobs, found) for p in f if p not in everywhere]
+    if problems:
+        raise ConfigError(problems)
+    if not multirun:
+        _check_resume_dir(overrides, configs[0])
+    return configs
+
+
+def _cross_pretrain(cfg: dict, hardware: bool) -> list[str]:
+    p, out = cfg["pretrain"], []
+    if not cfg["data"]["path"]:
+        out.append("data.path=null: give the dataset directory, e.g. data.path=datasets/mt-mini (`flowpwm data "
+                   "export RUN_DIR... --out DIR` makes one from online runs)")
+    for name in ("eval_every", "checkpoint_every"):
+        if p[name] % p["log_every"]:
+            out.append(f"pretrain.{name}={p[name]}: must be a multiple of pretrain.log_every={p['log_every']}")
+    if cfg["alg"]["world_model"]["task_dim"] < 1:
+        out.append(f"alg.world_model.task_dim={cfg['alg']['world_model']['task_dim']}: a multi-task world model "
+                   f"needs a task embedding (PWM: 64 for MT30, 96 for MT80)")
+    return out
+
+
+def _cross_policy(cfg: dict, hardware: bool) -> list[str]:
+    out = []
+    if not cfg["pretrained"]:
+        out.append("pretrained=null: give a pretraining run dir (`flowpwm pretrain`), or a directory of them")
+    if not cfg["task"]:
+        out.append("task=null: give the task to train a policy for, e.g. task=cartpole-swingup")
+    return out
