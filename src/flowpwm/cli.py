@@ -12,6 +12,11 @@ commands:
   train [k=v ...]    PWM online training (Hydra overrides; wm=mlp|flow picks the world model,
                      e.g. `flowpwm train wm=mlp seed=1`, `flowpwm train -m seed=1,2,3`)
   demo               the default job: `train` with the default config
+  pretrain [k=v ...] offline multi-task world-model pretraining on a dataset (configs/pretrain.yaml;
+                     e.g. `flowpwm pretrain -m wm=mlp,flow data.path=DIR data.task_set=mt-mini`)
+  train-policy [k=v ...]  one task's policy through a pretrained world model, evaluated in the real
+                     env (configs/policy.yaml; e.g. `flowpwm train-policy -m wm=mlp,flow
+                     task=cup-spin,pendulum-spin seed=0,1,2 pretrained=SWEEP_DIR`)
   fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
   check-config [-m] [--no-hardware] [k=v ...]   compose and check the config (each sweep job's with -m)
                      as `train` would, without running anything; one line per problem, exit 2
@@ -24,6 +29,8 @@ commands:
   data manifest DIR  record the sha256 of a trusted dataset download (TD-MPC2 chunks are unpickled
                      only when their hash is published or in such a manifest)
   data info DIR      offline dataset: episodes, transitions and returns per task (--help)
+  data export RUN_DIR... --out DIR [--task-set mt-mini]   online runs' replay buffers as a multi-task
+                     dataset (whole episodes, padded obs/actions, task ids from env.task)
 """
 
 
@@ -92,6 +99,20 @@ def _train(args: list[str]) -> int:
     return 0
 
 
+def _pretrain(args: list[str]) -> int:
+    from flowpwm.training.offline import precheck, pretrain
+    from flowpwm.training.offline_common import run_hydra_command
+
+    return run_hydra_command("pretrain", "pretrain", args, pretrain, precheck)
+
+
+def _train_policy(args: list[str]) -> int:
+    from flowpwm.training.offline_common import run_hydra_command
+    from flowpwm.training.policy import precheck, train_policy
+
+    return run_hydra_command("train-policy", "policy", args, train_policy, precheck)
+
+
 def _fit_wm(args: list[str]) -> int:
     from flowpwm.schema import check_overrides
     from flowpwm.training.fit_wm import fit_world_model
@@ -147,6 +168,10 @@ def _compare(args: list[str]) -> int:
 
 
 def _data(args: list[str]) -> int:
+    if args[:1] == ["export"]:
+        from flowpwm.data.export import main as export
+
+        return export(args[1:])
     from flowpwm.data.commands import main
 
     return main(args)
@@ -154,7 +179,7 @@ def _data(args: list[str]) -> int:
 
 COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results,
             "diagnose": _diagnose, "plot": _plot, "compare": _compare, "check-config": _check_config,
-            "data": _data}
+            "data": _data, "pretrain": _pretrain, "train-policy": _train_policy}
 
 
 def print_error(command: str, e: UserError) -> None:
