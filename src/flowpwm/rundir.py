@@ -14,6 +14,12 @@ import torch (analysis stays torch-free); checkpoints import it when they are re
                                 its replay-buffer file (tensors and plain values only)
     RUN/checkpoints/buffer-eNNNNNN.pt   the replay buffer's filled rows at epoch NNNNNN
     RUN/plots/  RUN/wandb/  RUN/wandb_run_id.txt
+    RUN/dataset_manifest.json   runs that read a dataset (pretrain, train-policy): sha256 per file
+    RUN/pretrained.json         policy runs: the pretraining run (path, config hash, iteration)
+
+Offline runs (`flowpwm pretrain`, `flowpwm train-policy`) count iterations, not env steps: their
+checkpoints add `iteration`, `dims["kind"]` ("pretrain" | "policy"), env_steps 0 and an empty
+buffer file; their metrics lines carry `epoch` (a block of log_every iterations) and `iteration`.
     RUN/.lock                   held (flock) by the one process writing the run: its PID and host
 
 Files are written to a temporary name and renamed, so none is ever half-written; the buffer
@@ -44,6 +50,8 @@ LATEST = "latest.pt"
 PLOTS = "plots"
 LOCK = ".lock"
 WANDB_RUN_ID = "wandb_run_id.txt"
+PRETRAINED = "pretrained.json"  # policy runs (`flowpwm train-policy`): the pretraining run they start from
+DATASET_MANIFEST = "dataset_manifest.json"  # runs that read a dataset: the sha256 of every file read
 
 CHECKPOINT_FORMAT = 2  # 1: one pickle with numpy RNG state and the whole preallocated buffer
 CHECKPOINT_KEYS = ("format", "agent", "epoch", "env_steps", "wall_time", "rng", "esnr", "dims", "buffer_file")

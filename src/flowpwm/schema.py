@@ -238,12 +238,13 @@ class PolicyData:
 @dataclass
 class Policy:
     iterations: int = key(ge=1)
-    eval_every: int = key(ge=1)
+    log_every: int = key(ge=1)  # iterations per metrics line (the run's "epoch")
+    eval_every: int = key(ge=1)  # iterations (a multiple of log_every)
     eval_episodes: int = key(ge=1)
     eval_envs: int = key(ge=1)
     checkpoint_every: int = key(ge=1)
     fine_tune: bool = key()
-    esnr_every: int = key(ge=0)
+    esnr_every: int = key(ge=0)  # iterations (a multiple of log_every); 0 = off
     esnr_samples: int = key(ge=2)
     threads: int = key(ge=0)
 
@@ -625,4 +626,8 @@ def _cross_policy(cfg: dict, hardware: bool) -> list[str]:
         out.append("pretrained=null: give a pretraining run dir (`flowpwm pretrain`), or a directory of them")
     if not cfg["task"]:
         out.append("task=null: give the task to train a policy for, e.g. task=cartpole-swingup")
+    p = cfg["policy"]
+    for name in ("eval_every", "checkpoint_every", "esnr_every"):
+        if p[name] % p["log_every"]:
+            out.append(f"policy.{name}={p[name]}: must be a multiple of policy.log_every={p['log_every']}")
     return out
