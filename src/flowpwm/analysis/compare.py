@@ -11,6 +11,11 @@ Statistics follow rliable (Agarwal et al., 2021): IQM = mean of the middle 50 % 
 (scipy.stats.trim_mean(x, 0.25)); the bootstrap resamples runs with replacement
 independently within each stratum (here: each env.task) and takes percentile intervals;
 P(X > Y) = P(X > Y) + 0.5 P(X = Y) over all pairs of runs, averaged over tasks.
+
+Per-task policy runs (`flowpwm train-policy`, PWM's multi-task protocol) are compared by their
+normalised score (`eval_score`) over tasks × seeds instead (`Measure` SCORES): the same mean and
+IQM with bootstrap CIs stratified by `task`, curves against iterations, plus a per-task table and
+performance profiles (analysis/multitask.py).
 """
 
 from __future__ import annotations
@@ -37,6 +42,28 @@ FEW_SEEDS = "results with n<5 seeds per group are indicative only"
 CONFIDENCE = 0.95
 MAX_GRID = 400  # points of a learning-curve grid at most
 TASK_KEY = "env.task"
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a comparison compares: the final-performance metric, the x of its curves, the config
+    key whose value is a run's task (the bootstrap's strata), and the curves drawn."""
+
+    key: str
+    x: str
+    task_key: str
+    label: str
+    x_label: str
+    curve_keys: tuple[str, ...]
+
+
+RETURNS = Measure("eval_return", "env_steps", TASK_KEY, "eval return", "env steps", ("eval_return", "esnr_db", "wm_loss"))
+SCORES = Measure("eval_score", "iteration", "task", "normalised score", "iterations", ("eval_score", "esnr_db"))
+
+
+def is_policy_run(config: dict) -> bool:
+    """A per-task policy trained through a pretrained world model (`flowpwm train-policy`)."""
+    return isinstance(config, dict) and "pretrained" in config and "policy" in config
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -77,6 +104,7 @@ def group_by(key: str, run_dirs: Iterable[Path | str]) -> dict[str, list[Path]]:
 class Group:
     name: str
     runs: list[Run]
+    task_key: str = TASK_KEY
 
     @property
     def n(self) -> int:
@@ -88,7 +116,7 @@ class Group:
 
     @property
     def tasks(self) -> list[str]:
-        return [str(_config_get(r.config, TASK_KEY, "?")) for r in self.runs]
+        return [str(_config_get(r.config, self.task_key, "?")) for r in self.runs]
 
 
 def load_groups(groups: dict[str, Sequence[Path | str]]) -> list[Group]:
@@ -115,7 +143,21 @@ def load_groups(groups: dict[str, Sequence[Path | str]]) -> list[Group]:
                 raise UserError(f"group {name!r}: {run.path}/metrics.jsonl has no eval_return yet: "
                                 f"leave the run out until it has evaluated")
         out.append(Group(str(name), runs))
+    measure = measure_of(out)
+    for g in out:
+        g.task_key = measure.task_key
     return out
+
+
+def measure_of(groups: list[Group]) -> Measure:
+    """SCORES when every run is a per-task policy run, RETURNS when none is; a mix is refused."""
+    kinds = {is_policy_run(r.config) for g in groups for r in g.runs}
+    if kinds == {True, False}:
+        policy = next(r.path for g in groups for r in g.runs if is_policy_run(r.config))
+        online = next(r.path for g in groups for r in g.runs if not is_policy_run(r.config))
+        raise UserError(f"per-task policy runs (e.g. {policy}) and online runs (e.g. {online}) cannot be compared in "
+                        f"one report (normalised score over tasks vs eval return): compare each kind alone")
+    return SCORES if kinds == {True} else RETURNS
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -127,6 +169,19 @@ def iqm(x, axis=None):
 def final_return(run: Run, window: int = 1) -> float:
     """Mean eval return of the run's last `window` evaluations."""
     return float(np.mean([ret for _, ret in run.evals[-window:]]))
+
+
+def final_value(run: Run, measure: Measure, window: int = 1) -> float:
+    """Mean of the measure's metric over the run's last `window` evaluations."""
+    values = [r[measure.key] for r in run.metrics if isinstance(r.get(measure.key), (int, float))]
+    if not values:
+        raise UserError(f"{run.path}/metrics.jsonl has no {measure.key}: leave the run out until it has evaluated")
+    return float(np.mean(values[-window:]))
+
+
+def final_x(run: Run, measure: Measure) -> int:
+    """The measure's x (env steps, iterations) at the run's last evaluation."""
+    return int(next(r.get(measure.x, 0) for r in reversed(run.metrics) if isinstance(r.get(measure.key), (int, float))))
 
 
 def _strata(values: Sequence[float], labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -207,10 +262,10 @@ class Curve:
                 "high": self.high.tolist(), "n": self.n}
 
 
-def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _series(run: Run, key: str, x: str = "env_steps") -> tuple[np.ndarray, np.ndarray] | None:
     pts = {}
     for r in run.metrics:
-        v, s = r.get(key), r.get("env_steps")
+        v, s = r.get(key), r.get(x)
         if isinstance(v, (int, float)) and s is not None and math.isfinite(v):
             pts[int(s)] = float(v)  # one value per env-step count: the last logged
     if not pts:
@@ -219,12 +274,13 @@ def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray] | None:
     return steps, np.array([pts[s] for s in steps])
 
 
-def curve(runs: Sequence[Run], key: str, smooth=("ema", 0.6)) -> Curve | None:
-    """Metric `key` vs env steps over runs: each run interpolated onto a common grid (the
-    env steps logged, from the latest first point to the earliest last point, so no run is
-    extrapolated), smoothed per run, then the mean and a 95 % t-interval over runs."""
+def curve(runs: Sequence[Run], key: str, smooth=("ema", 0.6), x: str = "env_steps") -> Curve | None:
+    """Metric `key` vs `x` (env steps; iterations for policy runs) over runs: each run
+    interpolated onto a common grid (the x values logged, from the latest first point to the
+    earliest last point, so no run is extrapolated), smoothed per run, then the mean and a 95 %
+    t-interval over runs."""
     method, amount = parse_smooth(smooth)
-    series = [s for s in (_series(r, key) for r in runs) if s is not None]
+    series = [s for s in (_series(r, key, x) for r in runs) if s is not None]
     if not series:
         return None
     lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)
@@ -244,7 +300,7 @@ def curve(runs: Sequence[Run], key: str, smooth=("ema", 0.6)) -> Curve | None:
 
 
 def _last(run: Run, key: str) -> float:
-    s = _series(run, key)
+    s = _series(run, key) or _series(run, key, "iteration")
     if s is not None:
         return float(s[1][-1])
     vals = [r[key] for r in run.metrics if isinstance(r.get(key), (int, float))]
@@ -291,39 +347,48 @@ class Comparison:
     curves: dict[str, dict[str, Curve]]
     notes: list[str]
     settings: Settings
+    measure: Measure = RETURNS
+    multitask: "object | None" = None  # analysis.multitask.MultiTask for per-task policy runs
 
 
-CURVE_KEYS = ("eval_return", "esnr_db", "wm_loss")
+CURVE_KEYS = RETURNS.curve_keys
 
 
 def aggregate(loaded: list[Group], settings: Settings) -> Comparison:
-    per_group = {g.name: group_summary(g, gi, settings) for gi, g in enumerate(loaded)}
+    measure = measure_of(loaded)
+    per_group = {g.name: group_summary(g, gi, settings, measure) for gi, g in enumerate(loaded)}
     notes = metrics_notes([r for g in loaded for r in g.runs])
-    notes += [n for g in loaded for n in group_notes(g, per_group[g.name], settings.final_window)]
-    notes += budget_notes(per_group)
+    notes += [n for g in loaded for n in group_notes(g, per_group[g.name], settings.final_window, measure)]
+    notes += budget_notes(per_group, measure)
     pairs = []
     for (ia, a), (ib, b) in itertools.combinations(enumerate(loaded), 2):
         pair, note = pair_tests(a, b, per_group, settings, _rng(settings.seed, ia, ib, 2))
         pairs.append(pair)
         notes += [note] if note else []
     curves = {}
-    for key in CURVE_KEYS:
-        cs = {g.name: c for g in loaded if (c := curve(g.runs, key, settings.smoothing)) is not None}
+    for key in measure.curve_keys:
+        cs = {g.name: c for g in loaded if (c := curve(g.runs, key, settings.smoothing, measure.x)) is not None}
         if cs:
             curves[key] = cs
-    return Comparison(loaded, per_group, pairs, curves, notes, settings)
+    multitask = None
+    if measure is SCORES:
+        from flowpwm.analysis.multitask import multitask_summary
+
+        multitask = multitask_summary(loaded, per_group, settings)
+        notes += multitask.notes
+    return Comparison(loaded, per_group, pairs, curves, notes, settings, measure, multitask)
 
 
-def group_summary(g: Group, gi: int, s: Settings) -> dict:
+def group_summary(g: Group, gi: int, s: Settings, measure: Measure = RETURNS) -> dict:
     """Finals (mean, IQM with stratified bootstrap CIs, sd, median), budgets, compute."""
-    finals = np.array([final_return(r, s.final_window) for r in g.runs])
+    finals = np.array([final_value(r, measure, s.final_window) for r in g.runs])
     strata = list(_strata(finals, g.tasks).values())
     walls = np.array([_last(r, "wall_time") for r in g.runs]) / 60.0
     walls = walls[np.isfinite(walls)]
     rss = [r.get("rss_mib") for run in g.runs for r in run.metrics if isinstance(r.get("rss_mib"), (int, float))]
-    return {
+    out = {
         "n": g.n, "seeds": g.seeds, "tasks": sorted(set(g.tasks)), "runs": [str(r.path) for r in g.runs],
-        "finals": finals.tolist(), "final_env_steps": [r.evals[-1][0] for r in g.runs],
+        "finals": finals.tolist(), "final_steps": [final_x(r, measure) for r in g.runs],
         "mean": float(finals.mean()),
         "mean_ci": bootstrap_ci(strata, _pooled(np.mean), s.n_bootstrap, _rng(s.seed, gi, 0)),
         "iqm": float(iqm(finals)),
@@ -335,21 +400,32 @@ def group_summary(g: Group, gi: int, s: Settings) -> dict:
         "peak_rss_mib": float(max(rss)) if rss else math.nan,
         "final_esnr_db": _nanmean([_last(r, "esnr_db") for r in g.runs]),
     }
+    if measure is RETURNS:
+        out["final_env_steps"] = out["final_steps"]  # the name compare_runs has always returned
+    return out
 
 
-def group_notes(g: Group, summary: dict, final_window: int) -> list[str]:
+def group_notes(g: Group, summary: dict, final_window: int, measure: Measure = RETURNS) -> list[str]:
     """Warnings about one group: few or repeated seeds, mixed tasks, unequal budgets."""
-    notes, steps = [], summary["final_env_steps"]
-    if g.n < MIN_SEEDS:
-        notes.append(f"warning: group {g.name!r} has {g.n} seed(s): {FEW_SEEDS}")
-    dup = sorted({str(s) for s in g.seeds if s is not None and g.seeds.count(s) > 1})
+    notes, steps = [], summary["final_steps"]
+    if measure is SCORES:  # one run per task and seed: seeds repeat across tasks by design
+        per_task = {t: g.tasks.count(t) for t in set(g.tasks)}
+        if min(per_task.values()) < MIN_SEEDS:
+            notes.append(f"warning: group {g.name!r} has {min(per_task.values())} seed(s) of some task: {FEW_SEEDS} "
+                         f"(per task)")
+        keys = [(t, str(s)) for t, s in zip(g.tasks, g.seeds) if s is not None]
+    else:
+        if g.n < MIN_SEEDS:
+            notes.append(f"warning: group {g.name!r} has {g.n} seed(s): {FEW_SEEDS}")
+        keys = [("", str(s)) for s in g.seeds if s is not None]
+    dup = sorted({(f"{t} " if t else "") + s for t, s in keys if keys.count((t, s)) > 1})
     if dup:
         notes.append(f"warning: group {g.name!r} repeats seed(s) {', '.join(dup)}: its runs may not be independent")
-    if len(set(g.tasks)) > 1:
+    if len(set(g.tasks)) > 1 and measure is RETURNS:
         notes.append(f"warning: group {g.name!r} mixes tasks ({', '.join(sorted(set(g.tasks)))}): raw returns "
                      f"are pooled across tasks (bootstrap stratified by task)")
     if min(steps) != max(steps):
-        notes.append(f"warning: group {g.name!r}: runs end at different env steps ({min(steps)}–{max(steps)}); "
+        notes.append(f"warning: group {g.name!r}: runs end at different {measure.x_label} ({min(steps)}–{max(steps)}); "
                      f"final returns are taken at unequal budgets")
     short = [r.path.name for r in g.runs if len(r.evals) < final_window]
     if short:
@@ -358,11 +434,11 @@ def group_notes(g: Group, summary: dict, final_window: int) -> list[str]:
     return notes
 
 
-def budget_notes(per_group: dict[str, dict]) -> list[str]:
-    budgets = {name: min(g["final_env_steps"]) for name, g in per_group.items()}
+def budget_notes(per_group: dict[str, dict], measure: Measure = RETURNS) -> list[str]:
+    budgets = {name: min(g["final_steps"]) for name, g in per_group.items()}
     if len(set(budgets.values())) <= 1:
         return []
-    return ["warning: groups end at different env steps (" + ", ".join(f"{k}: {v}" for k, v in budgets.items())
+    return [f"warning: groups end at different {measure.x_label} (" + ", ".join(f"{k}: {v}" for k, v in budgets.items())
             + "): final performance is compared at unequal budgets"]
 
 
@@ -405,8 +481,9 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
     settings = Settings.checked(smooth, final_window, n_bootstrap, seed)
     c = aggregate(load_groups(groups), settings)
     files = write_report(c, Path(out_dir), extra_sections)
-    return {"groups": c.per_group, "pairs": c.pairs,
+    return {"groups": c.per_group, "pairs": c.pairs, "measure": c.measure.key,
             "curves": {k: {g: cv.as_dict() for g, cv in cs.items()} for k, cs in c.curves.items()},
+            "multitask": c.multitask.as_dict() if c.multitask is not None else None,
             "warnings": c.notes, "files": files, "out_dir": Path(out_dir)}
 
 
@@ -418,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     c = aggregate(load_groups(groups), settings)  # a run that cannot be compared stops here
     extra = []
     with_checkpoints = any(RunDir(d).has_checkpoint() for dirs in groups.values() for d in dirs)
-    if args.diagnose_slices > 0 and with_checkpoints:  # diagnostics load models: only then torch
+    if args.diagnose_slices > 0 and with_checkpoints and c.measure is RETURNS:  # policy runs keep no replay data  # diagnostics load models: only then torch
         from flowpwm.analysis.diagnostics import group_table
 
         table = group_table(groups, slices=args.diagnose_slices, seed=args.seed)
@@ -428,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files = write_report(c, args.out, extra)
     _print_summary(c)
-    print(f"report: {files['report.md']} (also report.html, summary.csv, tests.csv)")
+    more = ", per_task.csv, performance_profile.png" if c.multitask is not None else ""
+    print(f"report: {files['report.md']} (also report.html, summary.csv, tests.csv{more})")
     return 0
 
 
@@ -476,8 +554,12 @@ def _print_summary(c: Comparison) -> None:
     for note in c.notes:
         print(note)
     width = max(len(n) for n in c.per_group)
+    what = f"{c.measure.label} over {len({t for g in c.groups for t in g.tasks})} tasks x seeds: " \
+        if c.measure is SCORES else ""
+    digits = 3 if c.measure is SCORES else 1
     for name, g in c.per_group.items():
-        print(f"{name:<{width}}  n={g['n']:<3d} mean {fmt_ci(g['mean'], g['mean_ci'])}  IQM {fmt_ci(g['iqm'], g['iqm_ci'])}")
+        print(f"{name:<{width}}  n={g['n']:<3d} {what}mean {fmt_ci(g['mean'], g['mean_ci'], digits)}  "
+              f"IQM {fmt_ci(g['iqm'], g['iqm_ci'], digits)}")
     for pr in c.pairs:
         print(f"{pr['x']} vs {pr['y']}: Welch p={fmt_general(pr['welch_p'])}, Mann-Whitney p={fmt_general(pr['mannwhitney_p'])}, "
               f"P({pr['x']} > {pr['y']})={fmt_ci(pr['prob_improvement'], pr['prob_improvement_ci'], 2)}")

@@ -1,5 +1,6 @@
 """Rendering of a run comparison (`compare.aggregate`'s result): figures, report.md,
-a self-contained report.html, summary.csv and tests.csv. Each section is a short function."""
+a self-contained report.html, summary.csv and tests.csv (for per-task policy runs also
+per_task.csv and performance_profile.png). Each section is a short function."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from flowpwm.fileio import atomic_open, atomic_write_text
 
 if TYPE_CHECKING:
     from flowpwm.analysis.compare import Comparison, Curve
+    from flowpwm.analysis.multitask import MultiTask, Profile
 
 CURVE_FIGURES = {  # metric: (file, y label, title, log y, report heading)
     "eval_return": ("learning_curves.png", "eval return", "Eval return", False, "Learning curves"),
+    "eval_score": ("learning_curves.png", "normalised score", "Normalised score", False, "Learning curves"),
     "esnr_db": ("esnr_db.png", "ESNR (dB)", "Actor-gradient ESNR", False, "ESNR of the actor gradient"),
     "wm_loss": ("wm_loss.png", "world-model loss", "World-model loss", True, "World-model loss"),
 }
@@ -30,6 +33,8 @@ def write_report(c: "Comparison", out_dir: Path, extra_sections: Sequence[tuple[
     md = report_markdown(c, extra_sections)
     texts = {"summary.csv": summary_csv(c), "tests.csv": tests_csv(c), "report.md": md,
              "report.html": markdown_to_html(md, images)}
+    if c.multitask is not None:
+        texts["per_task.csv"] = per_task_csv(c.multitask)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, data in images.items():
@@ -43,11 +48,13 @@ def write_report(c: "Comparison", out_dir: Path, extra_sections: Sequence[tuple[
 
 # -- figures --------------------------------------------------------------------------------------
 def figures(c: "Comparison") -> dict[str, bytes]:
-    images = {"final_returns.png": finals_figure(c.per_group)}
+    images = {"final_returns.png": finals_figure(c.per_group, f"final {c.measure.label}")}
     for key, (name, ylabel, title, logy, _) in CURVE_FIGURES.items():
         if key in c.curves:
             images[name] = curve_figure(c.curves[key], ylabel, f"{title} (mean, 95 % t-interval; "
-                                                                 f"{c.settings.smooth_text})", logy)
+                                                                 f"{c.settings.smooth_text})", logy, c.measure.x_label)
+    if c.multitask is not None:
+        images["performance_profile.png"] = profile_figure(c.multitask.profiles)
     return images
 
 
@@ -64,7 +71,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def curve_figure(curves: dict[str, "Curve"], ylabel: str, title: str, logy: bool = False) -> bytes:
+def curve_figure(curves: dict[str, "Curve"], ylabel: str, title: str, logy: bool = False,
+                 xlabel: str = "env steps") -> bytes:
     fig, ax = _new_figure()
     for i, (name, cv) in enumerate(curves.items()):
         color = f"C{i % 10}"
@@ -73,7 +81,7 @@ def curve_figure(curves: dict[str, "Curve"], ylabel: str, title: str, logy: bool
             ax.fill_between(cv.steps, cv.low, cv.high, color=color, alpha=0.2, linewidth=0)
     if logy and all(np.all(cv.low > 0) for cv in curves.values()):
         ax.set_yscale("log")
-    ax.set_xlabel("env steps")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -81,7 +89,7 @@ def curve_figure(curves: dict[str, "Curve"], ylabel: str, title: str, logy: bool
     return _png(fig)
 
 
-def finals_figure(per_group: dict[str, dict]) -> bytes:
+def finals_figure(per_group: dict[str, dict], xlabel: str = "final eval return") -> bytes:
     names = list(per_group)
     fig, ax = _new_figure(height=1.2 + 0.8 * len(names))
     for i, name in enumerate(names):
@@ -96,16 +104,32 @@ def finals_figure(per_group: dict[str, dict]) -> bytes:
                         mfc="white" if key == "mean" else color, label=f"{label} ± 95 % CI" if i == 0 else None)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(-0.6, len(names) - 0.4)
-    ax.set_xlabel("final eval return")
+    ax.set_xlabel(xlabel)
     ax.set_title("Final performance per run, IQM and mean (95 % bootstrap CI)")
     ax.grid(alpha=0.3, axis="x")
     ax.legend(loc="best", fontsize="small")
     return _png(fig)
 
 
+def profile_figure(profiles: dict[str, "Profile"]) -> bytes:
+    fig, ax = _new_figure()
+    for i, (name, p) in enumerate(profiles.items()):
+        color = f"C{i % 10}"
+        ax.plot(p.taus, p.fraction, color=color, label=f"{name} ({p.n} runs)", drawstyle="steps-post")
+        if not np.all(np.isnan(p.low)):
+            ax.fill_between(p.taus, p.low, p.high, color=color, alpha=0.2, linewidth=0, step="post")
+    ax.set_xlabel("normalised score τ")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Performance profile (95 % stratified bootstrap band)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
 # -- report.md ------------------------------------------------------------------------------------
 def report_markdown(c: "Comparison", extra_sections: Sequence[tuple[str, str]] = ()) -> str:
-    parts = [md_header(c), md_finals(c), md_pairs(c), md_curves(c), md_compute(c), md_runs(c)]
+    parts = [md_header(c), md_finals(c), md_multitask(c), md_pairs(c), md_curves(c), md_compute(c), md_runs(c)]
     parts += [f"## {title}\n\n{body.rstrip()}" for title, body in extra_sections]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -117,28 +141,64 @@ def md_header(c: "Comparison") -> str:
 
 
 def md_finals(c: "Comparison") -> str:
-    from flowpwm.analysis.compare import TASK_KEY
-
-    s = c.settings
-    how = (f"Final return of a run: the mean of its last {s.final_window} eval returns. " if s.final_window > 1 else
-           "Final return of a run: its last eval return. ")
+    s, m = c.settings, c.measure
+    d = _digits(c)
+    how = (f"Final {m.label} of a run: the mean of its last {s.final_window} evaluations. " if s.final_window > 1 else
+           f"Final {m.label} of a run: its last evaluation. ")
+    if c.multitask is not None:
+        how += (f"Per-task policy runs: the {m.label} (`{m.key}`: dm_control return / 1000) of every task and seed "
+                f"pooled ({len(c.multitask.tasks)} tasks). ")
     how += (f"IQM: interquartile mean (mean of the middle 50 % of runs, `scipy.stats.trim_mean(x, 0.25)`). "
-            f"Intervals: 95 % percentile bootstrap over runs, stratified by `{TASK_KEY}` ({s.n_bootstrap} "
+            f"Intervals: 95 % percentile bootstrap over runs, stratified by `{m.task_key}` ({s.n_bootstrap} "
             f"resamples, seed {s.seed}).")
-    table = md_table(["group", "n", "seeds", "final env steps", "mean [95 % CI]", "IQM [95 % CI]", "sd", "median",
+    table = md_table(["group", "n", "seeds", f"final {m.x_label}", "mean [95 % CI]", "IQM [95 % CI]", "sd", "median",
                       "per-run finals"],
-                     [[name, g["n"], ", ".join(str(x) for x in g["seeds"]), _steps_text(g["final_env_steps"]),
-                       fmt_ci(g["mean"], g["mean_ci"]), fmt_ci(g["iqm"], g["iqm_ci"]), fmt_number(g["sd"]),
-                       fmt_number(g["median"]), ", ".join(fmt_number(v) for v in g["finals"])]
+                     [[name, g["n"], ", ".join(str(x) for x in sorted(set(g["seeds"]), key=str)),
+                       _steps_text(g["final_steps"]), fmt_ci(g["mean"], g["mean_ci"], d), fmt_ci(g["iqm"], g["iqm_ci"], d),
+                       fmt_number(g["sd"], d), fmt_number(g["median"], d), ", ".join(fmt_number(v, d) for v in g["finals"])]
                       for name, g in c.per_group.items()])
     return "\n\n".join(["## Final performance", how, table,
                         "![Final performance per run with IQM and mean](final_returns.png)"])
 
 
+def _digits(c: "Comparison") -> int:
+    return 3 if c.multitask is not None else 1
+
+
+def md_multitask(c: "Comparison") -> str:
+    if c.multitask is None:
+        return ""
+    mt, names = c.multitask, list(c.per_group)
+    ref = bool(mt.reference)
+    head = ["task", *[f"{n}: mean ± sd (n)" for n in names]] + (["data (online run)", *[f"{n} / data" for n in names]]
+                                                                 if ref else [])
+    rows = []
+    for task in mt.tasks:
+        cells = [_task_cell(mt.per_task[task].get(n)) for n in names]
+        if ref:
+            r = mt.reference.get(task, math.nan)
+            cells += [fmt_number(r, 3)] + [fmt_number(mt.per_task[task][n]["mean"] / r, 2)
+                                           if n in mt.per_task[task] and r > 0 else "–" for n in names]
+        rows.append([task, *cells])
+    how = ("Per task: the mean, sd and number of the runs' final normalised scores." +
+           (" Data: the final eval return / 1000 of the online run(s) whose replay buffers made that task's data "
+            "(`flowpwm data export`); the ratio is the policies' mean over it." if ref else ""))
+    profile = ("Performance profile: the fraction of all runs (tasks × seeds) whose final score exceeds τ; band: "
+               "95 % percentile bootstrap, runs resampled within each task.")
+    return "\n\n".join(["## Per-task scores", how, md_table(head, rows), "## Performance profile", profile,
+                        "![Performance profile](performance_profile.png)"])
+
+
+def _task_cell(v: dict | None) -> str:
+    if v is None:
+        return "–"
+    return f"{fmt_number(v['mean'], 3)} ± {fmt_number(v['sd'], 3)} ({v['n']})"
+
+
 def md_pairs(c: "Comparison") -> str:
     if not c.pairs:
         return "## Pairwise comparisons\n\nOne group only: no pairwise tests."
-    how = ("Welch's t-test (unequal variances) and Mann–Whitney U (two-sided) on the final returns; "
+    how = (f"Welch's t-test (unequal variances) and Mann–Whitney U (two-sided) on the final {c.measure.label}s; "
            "P(X > Y) = P(X > Y) + 0.5 P(X = Y) over all pairs of runs (per task, then averaged), "
            "with a 95 % percentile bootstrap CI resampling each group's runs independently.")
     table = md_table(["X", "Y", "n X / n Y", "Welch t", "Welch p", "Mann–Whitney U", "MW p", "P(X > Y) [95 % CI]"],
@@ -149,13 +209,14 @@ def md_pairs(c: "Comparison") -> str:
 
 
 def md_curves(c: "Comparison") -> str:
-    band = ("Each run is interpolated onto a common env-step grid that ends at the group's shortest run's last "
-            f"point, {c.settings.smooth_text}; line: mean over seeds, band: 95 % t-interval over seeds.")
+    x = c.measure.x_label
+    band = (f"Each run is interpolated onto a common {x} grid that ends at the group's shortest run's last "
+            f"point, {c.settings.smooth_text}; line: mean over runs, band: 95 % t-interval over runs.")
     out = []
     for key, (image, _, _, _, heading) in CURVE_FIGURES.items():
         if key in c.curves:
-            ends = ", ".join(f"{g}: {int(cv.steps[-1])} steps (n={cv.n})" for g, cv in c.curves[key].items())
-            out.append(f"## {heading}\n\n`{key}` vs env steps. {band} Grid ends: {ends}.\n\n![{heading}]({image})")
+            ends = ", ".join(f"{g}: {int(cv.steps[-1])} {x} (n={cv.n})" for g, cv in c.curves[key].items())
+            out.append(f"## {heading}\n\n`{key}` vs {x}. {band} Grid ends: {ends}.\n\n![{heading}]({image})")
     return "\n\n".join(out)
 
 
@@ -167,13 +228,14 @@ def md_compute(c: "Comparison") -> str:
 
 
 def md_runs(c: "Comparison") -> str:
-    from flowpwm.analysis.compare import TASK_KEY, _config_get
+    from flowpwm.analysis.compare import _config_get
 
+    m = c.measure
     return "## Runs\n\n" + md_table(
-        ["group", "run", "seed", "task", "world model", "final env steps", "final return"],
-        [[g.name, r.path, _config_get(r.config, "seed", "–"), _config_get(r.config, TASK_KEY, "–"),
-          _config_get(r.config, "alg.world_model.type", "–"), r.evals[-1][0],
-          fmt_number(c.per_group[g.name]["finals"][j])] for g in c.groups for j, r in enumerate(g.runs)])
+        ["group", "run", "seed", "task", "world model", f"final {m.x_label}", f"final {m.label}"],
+        [[g.name, r.path, _config_get(r.config, "seed", "–"), _config_get(r.config, m.task_key, "–"),
+          _config_get(r.config, "alg.world_model.type", "–"), c.per_group[g.name]["final_steps"][j],
+          fmt_number(c.per_group[g.name]["finals"][j], _digits(c))] for g in c.groups for j, r in enumerate(g.runs)])
 
 
 def _steps_text(steps: Sequence[int]) -> str:
@@ -182,12 +244,13 @@ def _steps_text(steps: Sequence[int]) -> str:
 
 # -- CSV ------------------------------------------------------------------------------------------
 def summary_csv(c: "Comparison") -> str:
+    x = c.measure.x
     return csv_text(
-        ["group", "n", "seeds", "tasks", "final_env_steps_min", "final_env_steps_max", "mean", "mean_ci_low",
+        ["group", "n", "seeds", "tasks", f"final_{x}_min", f"final_{x}_max", "mean", "mean_ci_low",
          "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high", "sd", "median", "wall_time_min_mean",
          "wall_time_min_sd", "peak_rss_mib", "final_esnr_db"],
-        [[name, g["n"], " ".join(str(s) for s in g["seeds"]), " ".join(g["tasks"]), min(g["final_env_steps"]),
-          max(g["final_env_steps"]), g["mean"], *g["mean_ci"], g["iqm"], *g["iqm_ci"], g["sd"], g["median"],
+        [[name, g["n"], " ".join(str(s) for s in g["seeds"]), " ".join(g["tasks"]), min(g["final_steps"]),
+          max(g["final_steps"]), g["mean"], *g["mean_ci"], g["iqm"], *g["iqm_ci"], g["sd"], g["median"],
           g["wall_time_min_mean"], g["wall_time_min_sd"], g["peak_rss_mib"], g["final_esnr_db"]]
          for name, g in c.per_group.items()])
 
@@ -198,3 +261,10 @@ def tests_csv(c: "Comparison") -> str:
          "prob_improvement_ci_low", "prob_improvement_ci_high"],
         [[p["x"], p["y"], p["n_x"], p["n_y"], p["welch_t"], p["welch_p"], p["mannwhitney_u"], p["mannwhitney_p"],
           p["prob_improvement"], *p["prob_improvement_ci"]] for p in c.pairs])
+
+
+def per_task_csv(mt: "MultiTask") -> str:
+    return csv_text(["task", "group", "n", "mean", "sd", "finals", "data_score"],
+                    [[task, name, v["n"], v["mean"], v["sd"], " ".join(f"{x:.6g}" for x in v["finals"]),
+                      mt.reference.get(task, math.nan)]
+                     for task in mt.tasks for name, v in mt.per_task[task].items()])
