@@ -1,0 +1,43 @@
+"""scripts/mt_mini.sh end to end at a tiny budget: online runs collect → export → pretrain (both
+world models) → per-task policies (tasks × world models) → compare over tasks × seeds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mt_mini.sh"
+TINY = {
+    "TASKS": "pendulum-spin,cartpole-balance", "SEEDS": "0", "ONLINE_STEPS": "56", "PRETRAIN_ITERATIONS": "4",
+    "POLICY_ITERATIONS": "4", "EVAL_EVERY": "4", "EVAL_EPISODES": "1", "WANDB": "disabled",
+    "COLLECT_ARGS": "env.num_envs=2 train.seed_steps=40 train.pretrain_iterations=1 train.steps_per_epoch=4 "
+                    "train.eval_episodes=1 train.eval_every=1000 alg.horizon=4 alg.wm_batch_size=16 "
+                    "alg.wm_iterations=1 alg.actor_batch_size=8 alg.critic_iterations=1 alg.policy_iterations=1",
+    "PRETRAIN_ARGS": "pretrain.log_every=2 pretrain.eval_every=2 pretrain.checkpoint_every=2 pretrain.batch_size=16 "
+                     "pretrain.eval_batch_size=16 alg.horizon=4",
+    "POLICY_ARGS": "policy.log_every=2 policy.checkpoint_every=2 policy.esnr_every=0 policy.eval_envs=1 "
+                   "alg.horizon=4 alg.actor_batch_size=8 alg.critic_iterations=1",
+    "COMPARE_ARGS": "--bootstrap 200",
+}
+
+
+def test_mt_mini_pipeline_runs_end_to_end_at_a_tiny_budget(tmp_path):
+    out = tmp_path / "mt-mini"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PY": sys.executable, "FLOWPWM": str(Path(sys.executable).parent / "flowpwm"), **TINY}
+    r = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    times = dict(line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()[1:])
+    assert list(times) == ["collect", "export", "pretrain", "policies", "compare"]
+    export = json.loads((out / "data" / "export.json").read_text())
+    assert sorted(run["task"] for run in export["runs"]) == ["cartpole-balance", "pendulum-spin"]
+    assert len([d for d in (out / "pretrain").iterdir() if d.is_dir()]) == 2
+    policies = [d for d in (out / "policy").iterdir() if d.is_dir()]
+    assert len(policies) == 4  # 2 tasks x 1 seed x 2 world models
+    summary = (out / "compare" / "summary.csv").read_text()
+    assert summary.splitlines()[1].startswith("flow,2,") and summary.splitlines()[2].startswith("mlp,2,")
+    md = (out / "compare" / "report.md").read_text()
+    assert "## Per-task scores" in md and "data (online run)" in md
+    assert (out / "compare" / "performance_profile.png").is_file()
