@@ -6,11 +6,17 @@
 #   sbatch cluster/slurm_multi_gpu.sh --strategy multi_seed alg=pwm_5M_flow
 #   STRATEGY=baseline_vs_flow SEEDS="0 1" sbatch cluster/slurm_multi_gpu.sh alg=pwm_48M
 #   sbatch cluster/slurm_multi_gpu.sh --strategy multi_task --tasks "walker-walk cheetah-run cup-catch finger-spin"
+#   sbatch cluster/slurm_multi_gpu.sh --strategy multi_task --pretrained runs/pretrain/mt30_flow \
+#       --tasks "walker-walk cheetah-run cup-catch finger-spin" wm=flow alg=pwm_48M
 #   cluster/submit_job.sh multi --strategy baseline_vs_flow --alg pwm_5M   (checks, then calls sbatch)
 #
 # Strategies (STRATEGY or --strategy; the overrides apply to every run, the strategy's own last):
 #   multi_seed        4 seeds (SEEDS, default "0 1 2 3"): runs s0 s1 s2 s3
-#   multi_task        4 tasks (TASKS, default "cartpole-swingup walker-walk cheetah-run finger-spin")
+#   multi_task        4 tasks (TASKS, default "cartpole-swingup walker-walk cheetah-run finger-spin");
+#                     with --pretrained DIR [PRETRAINED]: PWM's offline per-task policies instead,
+#                     `flowpwm train-policy task=T pretrained=DIR` for each task (TASKS required; DIR is a
+#                     pretraining run, or a directory of them: the one of this job's alg is used), then
+#                     the comparison aggregates their normalised scores over the 4 tasks
 #   baseline_vs_flow  2 seeds (SEEDS, default "0 1") x {wm=mlp, wm=flow}: runs mlp_s0 flow_s0 mlp_s1 flow_s1
 #                     (the size comes from alg=: alg=pwm_48M gives pwm_48M vs pwm_48M_flow)
 #
@@ -28,7 +34,7 @@
 # Options (before the overrides; environment variables in brackets, see also cluster/common.sh):
 #   --strategy S [STRATEGY]  --seeds "..." [SEEDS]  --tasks "..." [TASKS]
 #   --modules "M1 M2" [FLOWPWM_MODULES]  --activate ENV [FLOWPWM_ACTIVATE]  --name NAME [RUN_NAME]
-#   --runs DIR [FLOWPWM_RUNS]  --device DEV [FLOWPWM_DEVICE]
+#   --runs DIR [FLOWPWM_RUNS]  --device DEV [FLOWPWM_DEVICE]  --pretrained DIR [PRETRAINED]
 #
 # Preemption and time limits: as in slurm_single_gpu.sh. SIGUSR1 (300 s before the time limit)
 # or SIGTERM goes to all four runs; each writes its checkpoint and exits 75 (or has already
@@ -81,14 +87,25 @@ while (($#)); do
         --name) need_value "$@"; RUN_NAME=$2; shift 2 ;;
         --runs) need_value "$@"; FLOWPWM_RUNS=$2; shift 2 ;;
         --device) need_value "$@"; FLOWPWM_DEVICE=$2; shift 2 ;;
+        --pretrained) need_value "$@"; PRETRAINED=$2; shift 2 ;;
         --) shift; break ;;
-        -*) die "unknown option $1 (options: --strategy --seeds --tasks --modules --activate --name --runs --device; then hydra overrides)" ;;
+        -*) die "unknown option $1 (options: --strategy --seeds --tasks --modules --activate --name --runs --device --pretrained; then hydra overrides)" ;;
         *) break ;;
     esac
 done
 
-# The four runs: a label (its directory name) and the overrides that make it differ.
+# The four runs: a label (its directory name) and the overrides that make it differ; online
+# training, or (multi_task with a pretrained world model) offline per-task policies.
 STRATEGY=${STRATEGY:-multi_seed}
+PRETRAINED=${PRETRAINED:-}
+command=train
+threads_key=train.threads
+if [[ -n $PRETRAINED ]]; then
+    [[ $STRATEGY == multi_task ]] || die "--pretrained is for --strategy multi_task (per-task policies through a pretrained world model)"
+    [[ -n ${TASKS:-} ]] || die "--pretrained needs --tasks: 4 tasks of the pretrained world model's task set"
+    command=train-policy
+    threads_key=policy.threads
+fi
 labels=()
 extra=()
 case $STRATEGY in
@@ -105,7 +122,11 @@ case $STRATEGY in
         ((${#tasks[@]} == 4)) || die "multi_task needs 4 tasks, TASKS='${TASKS:-}' has ${#tasks[@]}"
         for t in "${tasks[@]}"; do
             labels+=("$t")
-            extra+=("env.task=$t")
+            if [[ -n $PRETRAINED ]]; then
+                extra+=("task=$t pretrained=$PRETRAINED")
+            else
+                extra+=("env.task=$t")
+            fi
         done
         ;;
     baseline_vs_flow)
@@ -140,7 +161,7 @@ cpus=${SLURM_CPUS_PER_TASK:-$(nproc)}
 threads=$((cpus / 4))
 ((threads >= 1)) || threads=1
 
-log "job ${SLURM_JOB_ID:-(not under Slurm)} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}, strategy $STRATEGY, GPUs ${gpus[*]:0:4}, $threads threads per run"
+log "job ${SLURM_JOB_ID:-(not under Slurm)} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}, strategy $STRATEGY${PRETRAINED:+ (per-task policies, pretrained $PRETRAINED)}, GPUs ${gpus[*]:0:4}, $threads threads per run"
 log "runs in $GROUP_DIR"
 setup_env
 [[ -n $FLOWPWM_SIGNAL ]] && requeue_and_exit  # stopped before training started
@@ -154,8 +175,8 @@ for i in 0 1 2 3; do
         export CUDA_VISIBLE_DEVICES=${gpus[i]}
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
         echo "$(date '+%F %T') flowpwm job: run ${labels[i]} of job ${SLURM_JOB_ID:-local} (restart ${SLURM_RESTART_COUNT:-0}): CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
-        exec flowpwm train "hydra.run.dir=${dirs[i]}" resume=auto "device=${FLOWPWM_DEVICE:-cuda}" monitor.progress=lines \
-            "train.threads=$threads" "wandb.group=$RUN_NAME" "$@" "${run_extra[@]}"
+        exec flowpwm "$command" "hydra.run.dir=${dirs[i]}" resume=auto "device=${FLOWPWM_DEVICE:-cuda}" monitor.progress=lines \
+            "$threads_key=$threads" "wandb.group=$RUN_NAME" "$@" "${run_extra[@]}"
     ) >>"$logfile" 2>&1 &
     FLOWPWM_PIDS+=($!)
     log "run ${labels[i]} (pid $!): GPU ${gpus[i]}, ${extra[i]}, log $logfile"
@@ -197,7 +218,13 @@ case $STRATEGY in
         cmp=(--group "${name:-runs}" "${dirs[@]}")
         ;;
     multi_task)
-        for i in 0 1 2 3; do cmp+=(--group "${labels[i]}" "${dirs[i]}"); done
+        if [[ -n $PRETRAINED ]]; then  # one group: the normalised score over the 4 tasks
+            name=$(override_value alg "$@")
+            [[ -n $name ]] || name=$(override_value wm "$@")
+            cmp=(--group "${name:-policies}" "${dirs[@]}")
+        else
+            for i in 0 1 2 3; do cmp+=(--group "${labels[i]}" "${dirs[i]}"); done
+        fi
         ;;
     baseline_vs_flow)
         cmp=(--group mlp "${dirs[0]}" "${dirs[2]}" --group flow "${dirs[1]}" "${dirs[3]}")
