@@ -243,6 +243,26 @@ def test_train_policy_never_steps_a_training_env_evaluates_in_the_real_env_and_l
     assert all(r["env_steps"] == 0 for r in records)  # never a training env step
 
 
+def test_policy_run_resumed_with_a_larger_budget_ends_like_an_uninterrupted_one(pretrained, tmp_path):
+    from flowpwm.training.policy import train_policy
+
+    def run(d, iterations, *extra):
+        cfg = compose(["alg=pwm_tiny_flow", f"pretrained={pretrained}", "task=pendulum-spin", *POLICY,
+                       f"policy.iterations={iterations}", *extra], config_name="policy")
+        return train_policy(cfg, d, log=lambda *_: None)
+
+    run(tmp_path / "whole", 8)
+    run(tmp_path / "split", 4)
+    run(tmp_path / "split", 8, "resume=auto")
+    drop = ("wall_time", "rss_mib")
+    a, b = RunDir(tmp_path / "whole").records(), RunDir(tmp_path / "split").records()
+    assert [r["iteration"] for r in b] == [0, 2, 4, 6, 8]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b]
+    history = (tmp_path / "split" / "config_history.jsonl").read_text()
+    assert '"policy.iterations": [4, 8]' in history
+
+
 def test_frozen_world_model_is_unchanged_by_policy_training(pretrained, tmp_path):
     from flowpwm.training.policy import train_policy
 

@@ -100,8 +100,8 @@ def find_pretrained(path, alg) -> Path:
     return match[0]
 
 
-def load_pretrained(path, alg) -> Pretrained:
-    """The pretraining run and its checkpoint (weights only), checked against this config's world
+def pretrained_config(path, alg) -> tuple[Path, dict]:
+    """The pretraining run `pretrained=` names and its config, checked against this config's world
     model: the other world-model type, or another architecture, is one UserError line."""
     d = find_pretrained(path, alg)
     config = OmegaConf.to_container(OmegaConf.load(RunDir(d).config), resolve=False)
@@ -115,24 +115,34 @@ def load_pretrained(path, alg) -> Pretrained:
     if differ:
         raise UserError(f"pretrained={path}: the world model of {d.name} (alg {config['alg']['name']}) differs from "
                         f"this config's alg.world_model ({'; '.join(differ)}): use alg={config['alg']['name']}")
+    return d, config
+
+
+def load_pretrained(path, alg) -> Pretrained:
+    """`pretrained_config` and the run's checkpoint (weights only)."""
+    d, config = pretrained_config(path, alg)
     run = RunDir(d)
     if not run.has_checkpoint():
         raise UserError(f"pretrained={path}: {d} has no checkpoint yet ({run.latest_checkpoint}); wait for the "
                         f"pretraining run to write one")
     state = run.load_checkpoint()
-    if state["dims"].get("kind") != PRETRAIN_KIND:
-        raise UserError(f"pretrained={path}: {run.latest_checkpoint} is not a pretraining checkpoint")
+    if state["dims"].get("kind") != PRETRAIN_KIND or state["dims"]["task_set"] != config["data"]["task_set"]:
+        raise UserError(f"pretrained={path}: {run.latest_checkpoint} is not this pretraining run's checkpoint (kind "
+                        f"{state['dims'].get('kind')!r}, task set {state['dims'].get('task_set')!r})")
     return Pretrained(d, config, state, get_task_set(state["dims"]["task_set"]), bool(state["dims"]["episodic"]))
 
 
 def precheck(cfg: DictConfig) -> None:
     """What the command line checks for each job before Hydra makes a directory: the pretrained
     run (exists, same world model), the task (in its task set) and that the dataset exists."""
-    pre = load_pretrained(cfg.pretrained, cfg.alg)
-    check_task(cfg.task, pre.task_set)
-    path = cfg.data.path or pre.data_path
+    d, config = pretrained_config(cfg.pretrained, cfg.alg)  # no checkpoint read: cheap for a sweep of many jobs
+    if not RunDir(d).has_checkpoint():
+        raise UserError(f"pretrained={cfg.pretrained}: {d} has no checkpoint yet; wait for the pretraining run to "
+                        f"write one")
+    check_task(cfg.task, get_task_set(config["data"]["task_set"]))
+    path = cfg.data.path or config["data"]["path"]
     if not Path(str(path)).exists():
-        key = "data.path" if cfg.data.path else f"data.path (the pretraining run's, {pre.path})"
+        key = "data.path" if cfg.data.path else f"data.path (the pretraining run's, {d})"
         raise UserError(f"{key}={path}: dataset {path} does not exist")
 
 
