@@ -35,6 +35,7 @@ from flowpwm.integrators import STEPS, TAU_SAMPLING
 from flowpwm.losses import FLOW_SOURCES
 from flowpwm.models.flow_world_model import TAU_EMBEDDINGS
 from flowpwm.monitoring import PROGRESS_MODES, WANDB_MODES
+from flowpwm.perf import AUTO, COMPILE_BACKENDS, COMPILE_MODES
 
 LR_SCHEDULES = ("linear", "constant")
 DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -182,6 +183,17 @@ class FitWm:
 
 
 @dataclass
+class Perf:
+    device_metrics: bool = key()
+    fused_adam: bool | str = key(choices=AUTO)
+    tf32: bool | str = key(choices=AUTO)
+    compile: bool = key()
+    compile_mode: str = key(choices=COMPILE_MODES)
+    compile_backend: str = key(choices=COMPILE_BACKENDS)
+    fast_mish: bool | str = key(choices=AUTO)
+
+
+@dataclass
 class Config:
     seed: int = key(ge=0)
     device: str = key()  # cpu | cuda | cuda:N | mps: checked by `_cross_device`
@@ -192,6 +204,7 @@ class Config:
     monitor: Monitor = key()
     wandb: Wandb = key()
     fit_wm: FitWm = key()
+    perf: Perf = key()
     alg: Alg = key()
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from flowpwm import perf as perf_lib
 from flowpwm.algorithms.running_stats import RunningMeanStd
 from flowpwm.esnr import compute_esnr
 from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
@@ -47,8 +48,11 @@ def frozen(*modules: nn.Module):
 
 class PWM:
     def __init__(self, alg: DictConfig, obs_dim: int, action_dim: int, device="cpu",
-                 num_tasks: int = 1, action_dims=None, episodic: bool = False):
+                 num_tasks: int = 1, action_dims=None, episodic: bool = False, perf=None):
+        """`perf`: the `perf:` config section (or `perf.Perf`); None: eager, float metrics."""
         self.cfg, self.device = alg, torch.device(device)
+        self.perf = perf_lib.resolve(perf, self.device)
+        perf_lib.apply_matmul_precision(self.perf, self.device)
         self.horizon, self.gamma, self.lam = int(alg.horizon), float(alg.gamma), float(alg.lam)
         self.loss_kwargs = wm_loss_kwargs(alg)
         self.episodic, self.termination_mask = bool(episodic), str(alg.get("termination_mask", "soft"))
@@ -60,11 +64,26 @@ class PWM:
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
+        if self.perf.fast_mish:
+            for module in (self.wm, self.actor, self.critic):
+                perf_lib.use_fast_mish(module)
         # wm.parameters() includes the task embedding (a trap in public forks).
-        self.wm_opt = torch.optim.Adam(self.wm.parameters(), lr=alg.model_lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=alg.actor_lr, betas=(0.7, 0.95))
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=alg.critic_lr, betas=(0.7, 0.95))
+        adam = lambda params, **kw: perf_lib.adam(params, self.perf, self.device, **kw)  # noqa: E731
+        self.wm_opt = adam(self.wm.parameters(), lr=alg.model_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=alg.actor_lr, betas=(0.7, 0.95))
+        self.critic_opt = adam(self.critic.parameters(), lr=alg.critic_lr, betas=(0.7, 0.95))
         self.ret_rms = RunningMeanStd(device=self.device) if alg.ret_rms else None
+        self.detach = bool(alg.detach)
+        # perf.compile: the world-model loss, the imagined rollout and the critic loss compiled
+        # (static shapes; CUDA graphs with mode reduce-overhead); else these are the methods.
+        self._wm_loss = perf_lib.compiled(self.compute_wm_loss, self.perf, self.wm)
+        self._imagine = perf_lib.compiled(self.imagine, self.perf, self.wm)
+        self._critic_loss = perf_lib.compiled(self.critic_loss, self.perf, self.wm)
+        self._td_targets = perf_lib.compiled(self.td_lambda_targets, self.perf, self.wm)
+
+    def _metric(self, x):
+        """A scalar metric: a detached device tensor (perf.device_metrics) or a float."""
+        return perf_lib.metric(x, self.perf) if isinstance(x, torch.Tensor) else x
 
     # -- world model ------------------------------------------------------------------------
     def compute_wm_loss(self, obs, action, reward, task=None, terminated=None):
@@ -73,12 +92,13 @@ class PWM:
         return compute_wm_loss(self.wm, obs, action, reward, task, terminated=terminated, **self.loss_kwargs)
 
     def update_world_model(self, obs, action, reward, task=None, terminated=None) -> dict[str, float]:
-        loss, metrics = self.compute_wm_loss(obs, action, reward, task, terminated)
+        perf_lib.step_begin(self.perf)
+        loss, metrics = self._wm_loss(obs, action, reward, task, terminated)
         self.wm_opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), self.cfg.wm_grad_norm).item()
+        metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), self.cfg.wm_grad_norm)
         self.wm_opt.step()
-        return metrics
+        return {k: self._metric(v) for k, v in metrics.items()}
 
     # -- actor ------------------------------------------------------------------------------
     def continuation(self, z: torch.Tensor, task=None) -> torch.Tensor:
@@ -96,33 +116,43 @@ class PWM:
         None."""
         with torch.no_grad():
             z = self.wm.encode(obs0, task)
-        zs, rews, values, conts = [], [], [], []
-        ret = torch.zeros(obs0.shape[0], device=self.device)
-        alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
         with frozen(self.wm, self.critic):
-            for t in range(self.horizon):
-                zs.append(z.detach())
-                a = self.wm.mask_action(self.actor(z.detach() if self.cfg.detach else z), task)
-                r = self.wm.reward_value(z, a, task).squeeze(-1)
-                z = self.wm.next(z, a, task)
-                v = self.critic.min_value(z).squeeze(-1)
-                ret = ret + self.gamma ** t * alive * r
-                if self.episodic:
-                    cont = self.continuation(z, task)
-                    alive = alive * cont
-                    conts.append(cont.detach())
-                rews.append(r.detach())
-                values.append(v.detach())
-            ret = ret + self.gamma ** self.horizon * alive * v
+            perf_lib.step_begin(self.perf)
+            ret, data = self._imagine(z, task)
+        if self.perf.cudagraphs:  # graph outputs are overwritten by the next replay
+            ret, data = ret.clone(), {k: v if v is None else v.clone() for k, v in data.items()}
         if self.ret_rms is not None:
             if update_stats:
                 self.ret_rms.update(ret)
             loss = -(ret / self.ret_rms.std.float()).mean()
         else:
             loss = -(ret / self.horizon).mean()
+        return loss, data, ret.detach()
+
+    def imagine(self, z: torch.Tensor, task=None):
+        """The actor's H-step rollout through the world model from latents z (B, L) (called with
+        the world model and critic frozen): the discounted imagined return with its bootstrap (B,),
+        with gradient, and the critic's data (see `compute_actor_loss`)."""
+        zs, rews, values, conts = [], [], [], []
+        ret = torch.zeros(z.shape[0], device=z.device)
+        alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
+        for t in range(self.horizon):
+            zs.append(z.detach())
+            a = self.wm.mask_action(self.actor(z.detach() if self.detach else z), task)
+            r = self.wm.reward_value(z, a, task).squeeze(-1)
+            z = self.wm.next(z, a, task)
+            v = self.critic.min_value(z).squeeze(-1)
+            ret = ret + self.gamma ** t * alive * r
+            if self.episodic:
+                cont = self.continuation(z, task)
+                alive = alive * cont
+                conts.append(cont.detach())
+            rews.append(r.detach())
+            values.append(v.detach())
+        ret = ret + self.gamma ** self.horizon * alive * v
         data = {"zs": torch.stack(zs), "rewards": torch.stack(rews), "values": torch.stack(values),
                 "cont": torch.stack(conts) if self.episodic else None}
-        return loss, data, ret.detach()
+        return ret, data
 
     @torch.no_grad()
     def td_lambda_targets(self, rewards: torch.Tensor, values: torch.Tensor,
@@ -147,33 +177,42 @@ class PWM:
         losses, norms = [], []
         for _ in range(int(self.cfg.critic_iterations)):
             for idx in torch.randperm(n, device=self.device).chunk(batches):
-                err = (self.critic(z[idx]) - y[idx]).pow(2)
-                loss = err.mean() if w is None else (err * w[idx]).sum() / w[idx].sum().clamp(min=1e-6) / err.shape[-1]
+                perf_lib.step_begin(self.perf)
+                loss = self._critic_loss(z[idx], y[idx], None if w is None else w[idx])
                 self.critic_opt.zero_grad(set_to_none=True)
                 loss.backward()
-                norms.append(nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.critic_grad_norm).item())
+                norms.append(self._metric(nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.critic_grad_norm)))
                 self.critic_opt.step()
-                losses.append(loss.item())
+                losses.append(self._metric(loss))
+        if self.perf.device_metrics:
+            return {"critic_loss": torch.stack(losses).double().mean(), "critic_grad_norm": torch.stack(norms).double().mean()}
         return {"critic_loss": sum(losses) / len(losses), "critic_grad_norm": sum(norms) / len(norms)}
+
+    def critic_loss(self, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared error of every ensemble member's V(z) against targets y (N, 1), weighted by w
+        (N, 1) when given."""
+        err = (self.critic(z) - y).pow(2)
+        return err.mean() if w is None else (err * w).sum() / w.sum().clamp(min=1e-6) / err.shape[-1]
 
     def update_policy(self, obs0: torch.Tensor, task=None) -> dict[str, float]:
         """One actor step and `critic_iterations` critic passes on the same imagined rollout."""
         loss, data, ret = self.compute_actor_loss(obs0, task)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_norm).item()
-        if not torch.isfinite(torch.tensor(norm)):
+        norm = self._metric(nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_norm))
+        # With device metrics the trainer's once-per-epoch check of every metric catches this.
+        if not self.perf.device_metrics and not torch.isfinite(torch.tensor(norm)):
             raise FloatingPointError("actor gradient is not finite")
         self.actor_opt.step()
-        metrics = {"actor_loss": loss.item(), "actor_grad_norm": norm, "imagined_return": ret.mean().item(),
-                   "imagined_reward": data["rewards"].mean().item(), "action_std": self.actor.logstd.exp().mean().item()}
+        m = self._metric
+        metrics = {"actor_loss": m(loss), "actor_grad_norm": norm, "imagined_return": m(ret.mean()),
+                   "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.logstd.exp().mean())}
         cont, alive = data["cont"], None
         if cont is not None:
             # z_t is alive when no termination happened among z_1..z_t.
             alive = torch.cat([torch.ones_like(cont[:1]), cont[:-1]]).cumprod(0)
-            metrics["imagined_length"] = (alive.sum(0)).mean().item()
-        metrics.update(self.update_critic(data["zs"], self.td_lambda_targets(data["rewards"], data["values"], cont),
-                                          alive))
+            metrics["imagined_length"] = m(alive.sum(0).mean())
+        metrics.update(self.update_critic(data["zs"], self._td_targets(data["rewards"], data["values"], cont), alive))
         return metrics
 
     def actor_gradient(self, obs0: torch.Tensor, task=None) -> torch.Tensor:

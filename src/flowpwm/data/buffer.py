@@ -126,6 +126,9 @@ class ReplayBuffer:
                 f"consecutive rows with no episode end before its last row")
         rng_device = generator.device if generator is not None else self.device
         pick = torch.randint(starts.numel(), (batch_size,), generator=generator, device=rng_device)
+        if pick.device != self.device and self.device.type == "cuda":
+            # a copy from pageable memory would wait for the GPU's queue: a sync per batch
+            pick = pick.pin_memory().to(self.device, non_blocking=True)
         flat = starts[pick.to(self.device)]
         c, env = flat // self.num_envs, flat % self.num_envs
         rows = self._physical(c[None] + torch.arange(horizon, device=self.device)[:, None])  # (H, B)

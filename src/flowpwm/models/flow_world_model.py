@@ -72,7 +72,8 @@ class FlowWorldModel(LatentWorldModel):
         return self.task_emb(a, task)
 
     def _velocity_from(self, z: torch.Tensor, cond: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
+        if not torch.compiler.is_compiling():  # an int that changes would recompile every call;
+            self.nfe += 1                       # compiled callers add the count (perf.NfeCounted)
         tau = tau.expand(*z.shape[:-1], 1)
         v = self._velocity(torch.cat([z, cond, tau_features(tau, self.tau_embedding, self.tau_dim)], dim=-1))
         if self.tangent_projection:

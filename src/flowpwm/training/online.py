@@ -18,6 +18,7 @@ from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.envs import make_env
 from flowpwm.esnr import ESNRTracker
 from flowpwm.monitoring import TrainingMonitor, WandBLogger
+from flowpwm.perf import host_means
 from flowpwm.reproducibility import ExperimentConfig, rng_state, set_rng_state, set_seed, write_run_metadata
 from flowpwm.rundir import RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_config
@@ -45,13 +46,9 @@ def resolve_episodic(setting, env) -> bool:
 
 
 def averaged(updates) -> dict[str, float]:
-    """Mean of each metric over several updates' metric dicts."""
-    sums, n = {}, 0
-    for metrics in updates:
-        n += 1
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v
-    return {k: v / n for k, v in sums.items()}
+    """Mean of each metric over several updates' metric dicts, as floats: device-tensor metrics
+    (perf.device_metrics) reach the host here, in one transfer."""
+    return host_means(updates)
 
 
 class OnlineTrainer:
@@ -68,7 +65,8 @@ class OnlineTrainer:
         self.env = make_env(cfg.env.task, int(cfg.env.num_envs), seed=cfg.seed)
         self.eval_env = make_env(cfg.env.task, min(int(cfg.train.eval_episodes), 8), seed=cfg.seed + 10_000)
         self.episodic = resolve_episodic(cfg.alg.episodic, self.env)
-        self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device, episodic=self.episodic)
+        self.agent = PWM(cfg.alg, self.env.obs_dim, self.env.action_dim, cfg.device, episodic=self.episodic,
+                         perf=cfg.get("perf"))
         self.buffer = ReplayBuffer(int(cfg.train.buffer_size), self.env.num_envs, self.env.obs_dim,
                                    self.env.action_dim, device=cfg.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed)

@@ -22,7 +22,7 @@ from flowpwm.rundir import CONFIG_HISTORY, RunDir
 # Keys a resumed run may change: a dotted key, or a prefix ending in "." for a whole section.
 RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "train.checkpoint_every",
              "train.threads", "train.plots", "train.esnr_every", "train.esnr_samples", "monitor.", "wandb.",
-             "fit_wm.", "device", "deterministic", "resume")
+             "fit_wm.", "perf.", "device", "deterministic", "resume")
 
 
 def resumable(key: str) -> bool:
