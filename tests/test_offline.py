@@ -172,6 +172,27 @@ def test_pretraining_run_dir_records_the_dataset_and_held_out_errors(pretrained,
         assert state["dims"]["kind"] == "pretrain" and state["dims"]["num_tasks"] == 6 and state["iteration"] == 6
 
 
+def test_pretraining_reads_tdmpc2_chunks_as_the_configs_task_set(tmp_path):
+    """MT30 data in TD-MPC2's pickled format (hash-checked first), read as mt-mini: task ids remapped
+    to mt-mini's, other tasks left out; the manifest of the files read goes into the run dir."""
+    from test_datasets import tdmpc2_chunk
+
+    from flowpwm.envs.tasksets import MT30
+    from flowpwm.reproducibility import DatasetVerifier
+    from flowpwm.training.offline import pretrain
+
+    mini = get_task_set("mt-mini")
+    ids = [MT30.index(t) for t in mini.tasks] * 2 + [MT30.index("walker-walk")]
+    tdmpc2_chunk(tmp_path / "mt30" / "chunk_0.pt", ids, rows=11)
+    DatasetVerifier(tmp_path / "mt30").write_manifest()  # a trusted download
+    summary = pretrain(compose(["alg=pwm_tiny", f"data.path={tmp_path / 'mt30'}", "data.task_set=mt-mini", *PRETRAIN],
+                               config_name="pretrain"), tmp_path / "run", log=lambda *_: None)
+    assert summary["iterations"] == 6
+    manifest = json.loads((tmp_path / "run" / "dataset_manifest.json").read_text())
+    assert list(manifest["files"]) == ["chunk_0.pt"]
+    assert RunDir(tmp_path / "run").load_checkpoint()["dims"]["num_tasks"] == 6
+
+
 def pretrain_cmd(run_dir: Path, dataset: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "flowpwm.cli", "pretrain", "wm=flow", f"data.path={dataset}", *PRETRAIN,
             "pretrain.iterations=40", "pretrain.checkpoint_every=40", f"hydra.run.dir={run_dir}", *extra]
