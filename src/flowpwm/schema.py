@@ -239,6 +239,7 @@ class PretrainConfig:
     pretrain: Pretrain = key()
     monitor: Monitor = key()
     wandb: Wandb = key()
+    perf: Perf = key()
     alg: Alg = key()
 
 
@@ -274,6 +275,7 @@ class PolicyConfig:
     policy: Policy = key()
     monitor: Monitor = key()
     wandb: Wandb = key()
+    perf: Perf = key()
     alg: Alg = key()
 
 

@@ -34,7 +34,7 @@ from flowpwm.training.resume import describe_changes, history_entry, resolve_run
 
 KIND = "pretrain"  # checkpoint dims["kind"] of a pretraining run
 RESUMABLE = ("pretrain.iterations", "pretrain.eval_every", "pretrain.eval_batch_size", "pretrain.checkpoint_every",
-             "pretrain.threads", "monitor.", "wandb.", "device", "deterministic", "resume")
+             "pretrain.threads", "monitor.", "wandb.", "perf.", "device", "deterministic", "resume")
 
 
 def resolve_episodic(setting, terminated: torch.Tensor) -> bool:
@@ -90,7 +90,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
     set_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
     episodic = resolve_episodic(cfg.alg.episodic, episodes.terminated)
     agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
-                episodic=episodic)
+                perf=cfg.perf, episodic=episodic)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     iterations, log_every, epochs = int(p.iterations), int(p.log_every), total_epochs(p.iterations, p.log_every)
     epoch, iteration, wall_time, logged = 0, 0, 0.0, 0

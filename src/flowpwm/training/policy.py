@@ -42,7 +42,7 @@ from flowpwm.training.resume import describe_changes, history_entry, resolve_run
 KIND = "policy"
 RESUMABLE = ("policy.iterations", "policy.eval_every", "policy.eval_episodes", "policy.eval_envs",
              "policy.checkpoint_every", "policy.esnr_every", "policy.esnr_samples", "policy.threads", "monitor.",
-             "wandb.", "device", "deterministic", "resume")
+             "wandb.", "perf.", "device", "deterministic", "resume")
 DMC_MAX_RETURN = 1000.0  # 500 agent steps x action repeat 2 x reward <= 1
 
 
@@ -179,7 +179,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
         raise
     set_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
     agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
-                episodic=pre.episodic)
+                perf=cfg.perf, episodic=pre.episodic)
     try:
         agent.wm.load_state_dict(pre.checkpoint["agent"]["world_model"])
     except (RuntimeError, KeyError) as e:
