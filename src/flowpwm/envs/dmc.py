@@ -6,18 +6,16 @@ and its 11 custom tasks (envs/dmc_custom.py)."""
 
 from __future__ import annotations
 
+import importlib
 import math
-import os
 from typing import Any
 
 import numpy as np
 
 from flowpwm.config import UserError
 from flowpwm.envs.base import BatchedEnv, StepResult
+from flowpwm.envs.gl import import_without_required_gl
 from flowpwm.envs.tasksets import CUSTOM_TASKS
-
-# Headless machines: MuJoCo must not look for a display when dm_control is imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 DMC_INSTALL = "pip install dm-control==1.0.50 mujoco==3.17.0"
 
@@ -73,8 +71,8 @@ def suite_name(task: str) -> tuple[str, str]:
 
 
 def _suite() -> Any:
-    try:
-        from dm_control import suite
+    try:  # state observations: no GL backend is needed, and one that fails to load is dropped (envs/gl.py)
+        suite = import_without_required_gl(lambda: importlib.import_module("dm_control.suite"))
     except ImportError as e:
         raise UserError(f"dm_control tasks need dm-control: {DMC_INSTALL} ({e})") from e
     return suite

@@ -6,16 +6,14 @@ Each env is a plain `gymnasium.make` instance, so the default TimeLimit (1000 st
 
 from __future__ import annotations
 
-import os
+import importlib
 from typing import Any
 
 import numpy as np
 
 from flowpwm.config import UserError
 from flowpwm.envs.base import BatchedEnv, StepResult
-
-# Headless machines: MuJoCo must not look for a display when imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
+from flowpwm.envs.gl import import_without_required_gl
 
 GYM_INSTALL = "pip install 'gymnasium[mujoco]==1.4.0' mujoco==3.17.0"
 
@@ -26,6 +24,8 @@ TERMINATING = frozenset({"Ant-v5", "Hopper-v5", "Humanoid-v5", "Walker2d-v5"})
 
 def _make(task: str, **kwargs: Any) -> Any:
     try:
+        # state observations: no GL backend is needed, and one that fails to load is dropped (envs/gl.py)
+        import_without_required_gl(lambda: importlib.import_module("mujoco"))
         import gymnasium
         import gymnasium.error
 
