@@ -43,8 +43,9 @@ def resolve_episodic(setting, terminated: torch.Tensor) -> bool:
 
 
 def masked_batch(agent: PWM, ds: OfflineDataset, batch_size: int, generator: torch.Generator) -> dict:
-    """(H+1)-step slices with each task's padded action dims zeroed: they never reach the dynamics."""
-    b = ds.sample(batch_size, agent.horizon, generator)
+    """(H+1)-step slices on the agent's device with each task's padded action dims zeroed: they
+    never reach the dynamics. The dataset stays in host memory (MT80 is ~85 GB of observations)."""
+    b = {k: v.to(agent.device, non_blocking=True) for k, v in ds.sample(batch_size, agent.horizon, generator).items()}
     b["action"] = agent.wm.mask_action(b["action"], b["task"])
     return b
 
@@ -80,15 +81,16 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
     p, H = cfg.pretrain, int(cfg.alg.horizon)
     ts = get_task_set(cfg.data.task_set)
     episodes, files = load_data(cfg.data.path, ts, cfg.data.manifest)
+    episodic = resolve_episodic(cfg.alg.episodic, episodes.terminated)
     train_eps, held_eps = split_held_out(episodes, float(p.held_out), int(cfg.seed))
-    data = OfflineDataset(train_eps, files, cfg.device)
-    held = OfflineDataset(held_eps, device=cfg.device)
+    none_held_out = held_eps is episodes
+    del episodes  # with a held-out part, the training episodes are a copy: let the whole go
+    data, held = OfflineDataset(train_eps, files), OfflineDataset(held_eps)
     check_slices(data, H, f"data.path={cfg.data.path}")
     check_slices(held, H, f"data.path={cfg.data.path} (held out: pretrain.held_out={p.held_out})")
     run_dir, resumed = resolve_run_dir(cfg, run_dir, log)
     changes = resume_changes(RunDir(run_dir), cfg, RESUMABLE) if resumed else {}
     set_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
-    episodic = resolve_episodic(cfg.alg.episodic, episodes.terminated)
     agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
                 perf=cfg.perf, episodic=episodic)
     gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -141,7 +143,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
             f"action dims {list(ts.action_dims)}, task_dim {cfg.alg.world_model.task_dim}), seed {cfg.seed}, device "
             f"{cfg.device}; {iterations} iterations of {p.batch_size} x {H + 1}-step slices",
             f"  data {cfg.data.path}: {data.num_episodes} episodes, {data.num_transitions} transitions for training; "
-            f"{held.num_episodes} held out" + (" (none held out: evaluated on training episodes)" if held_eps is episodes else ""),
+            f"{held.num_episodes} held out" + (" (none held out: evaluated on training episodes)" if none_held_out else ""),
             f"  world model: {agent.wm.kind}, {parity_line(cfg.alg, ts, n_params, episodic)}",
             flow_line(cfg.alg.world_model),
             f"  run dir {run.path}; {wandb.describe()}" + (f"; resumed at iteration {iteration}" if resumed else "")])))

@@ -165,7 +165,8 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
     task_id = ts.task_id(task)
     data_key = "data.path" if cfg.data.path else f"data.path (the pretraining run's, {pre.path})"
     episodes, files = load_data(cfg.data.path or pre.data_path, ts, cfg.data.manifest, key=data_key)
-    data = OfflineDataset(subset(episodes, (episodes.task == task_id).nonzero().squeeze(1)), files, cfg.device)
+    data = OfflineDataset(subset(episodes, (episodes.task == task_id).nonzero().squeeze(1)), files)  # host memory
+    del episodes
     if not data.num_episodes:
         raise UserError(f"{data_key}: the dataset has no episode of task {task}")
     check_slices(data, H, data_key, task_id)
@@ -246,7 +247,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
             return {**result, "eval_score": normalised_score(task, result)}
 
         def start_states(generator: torch.Generator) -> torch.Tensor:
-            return data.start_states(task_id, int(cfg.alg.actor_batch_size), H, generator)
+            return data.start_states(task_id, int(cfg.alg.actor_batch_size), H, generator).to(agent.device)
 
         wandb = open_wandb(run.path, cfg, logged, {"eval_score": "max", "eval_return": "max", "esnr_db": "mean"})
         monitor = IterationMonitor("policy", epochs, epoch, mode=cfg.monitor.progress,
