@@ -6,7 +6,6 @@ and its 11 custom tasks (envs/dmc_custom.py)."""
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -70,9 +69,15 @@ def suite_name(task: str) -> tuple[str, str]:
     return DOMAIN_ALIASES.get(domain, domain), name
 
 
+def _import_suite() -> Any:
+    from dm_control import suite
+
+    return suite
+
+
 def _suite() -> Any:
     try:  # state observations: no GL backend is needed, and one that fails to load is dropped (envs/gl.py)
-        suite = import_without_required_gl(lambda: importlib.import_module("dm_control.suite"))
+        suite = import_without_required_gl(_import_suite)
     except ImportError as e:
         raise UserError(f"dm_control tasks need dm-control: {DMC_INSTALL} ({e})") from e
     return suite

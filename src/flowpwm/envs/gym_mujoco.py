@@ -6,7 +6,6 @@ Each env is a plain `gymnasium.make` instance, so the default TimeLimit (1000 st
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ TERMINATING = frozenset({"Ant-v5", "Hopper-v5", "Humanoid-v5", "Walker2d-v5"})
 def _make(task: str, **kwargs: Any) -> Any:
     try:
         # state observations: no GL backend is needed, and one that fails to load is dropped (envs/gl.py)
-        import_without_required_gl(lambda: importlib.import_module("mujoco"))
+        import_without_required_gl(lambda: __import__("mujoco"))
         import gymnasium
         import gymnasium.error
 
