@@ -17,6 +17,10 @@ from typing import Any, Callable
 NO_GL = "disable"
 NO_GL_NAMES = ("off", "disable", "disabled", "false", "0")  # mujoco's and dm_control's spellings of "none"
 
+# As soon as our envs are imported, so that a mujoco / dm_control imported directly afterwards
+# (tests, notebooks) does not look for a display either.
+os.environ.setdefault("MUJOCO_GL", NO_GL)
+
 
 def import_without_required_gl(importer: Callable[[], Any]) -> Any:
     """`importer()` (a function that imports mujoco / dm_control) with a GL backend that loads,
