@@ -2,7 +2,6 @@
 world models) → per-task policies (tasks × world models) → compare over tasks × seeds."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from flowpwm.algorithms.pwm import PWM
-from flowpwm.config import compose, load_alg
+from flowpwm.config import compose
 from flowpwm.data.dataset import load_dataset
 from flowpwm.data.episodes import read_chunk
 from flowpwm.data.export import export_runs, segments

@@ -26,8 +26,9 @@ from flowpwm.models.rollout import open_loop_errors
 from flowpwm.reproducibility import rng_state, set_rng_state, set_seed, write_run_metadata
 from flowpwm.rundir import RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
-from flowpwm.training.offline_common import (IterationMonitor, check_slices, flow_line, load_data, manifest_file,
-                                             open_wandb, parity_line, resume_changes, split_held_out, total_epochs)
+from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
+                                             manifest_file, open_wandb, parity_line, resume_changes, split_held_out,
+                                             total_epochs)
 from flowpwm.training.online import averaged, rss_mib
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir
@@ -94,7 +95,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
     agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
                 perf=cfg.perf, episodic=episodic)
     gen = torch.Generator().manual_seed(int(cfg.seed))
-    iterations, log_every, epochs = int(p.iterations), int(p.log_every), total_epochs(p.iterations, p.log_every)
+    iterations, log_every = int(p.iterations), int(p.log_every)
     epoch, iteration, wall_time, logged = 0, 0, 0.0, 0
     dims = {"kind": KIND, "task_set": ts.name, "obs_dim": ts.obs_dim, "action_dim": ts.action_dim,
             "num_tasks": len(ts), "task_dim": int(cfg.alg.world_model.task_dim), "episodic": episodic}
@@ -134,6 +135,8 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
                                  "wall_time": wall_time, "rng": rng_state(gen), "esnr": {}, "dims": dims}, {})
 
         wandb = open_wandb(run.path, cfg, logged, {f"heldout_latent_mse_h{H}": "min", "wm_loss": "min"})
+        # epochs of log_every iterations (the last may be shorter), counted from where a resume starts
+        epochs = epoch + total_epochs(max(iterations - iteration, 0), log_every)
         monitor = IterationMonitor("pretrain", epochs, epoch, mode=cfg.monitor.progress,
                                    print_every_s=float(cfg.monitor.print_every_s), ema=float(cfg.monitor.ema),
                                    stream=monitor_stream, echo=log)
@@ -151,7 +154,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
         start, last, exit_code = time.perf_counter() - wall_time, {}, 1
         with StopSignals() as stop:  # SIGUSR1/SIGTERM: finish the epoch, checkpoint, exit
             try:
-                while epoch < epochs:
+                while iteration < iterations:
                     # -- one epoch: `log_every` world-model updates on masked multi-task slices
                     epoch += 1
                     n = min(log_every, iterations - iteration)
@@ -166,8 +169,8 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
                     if bad:
                         raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {iteration}; the last "
                                                  f"good checkpoint is {run.latest_checkpoint}")
-                    final = epoch == epochs
-                    if iteration % int(p.eval_every) == 0 or final:
+                    final = iteration == iterations
+                    if crossed(iteration, n, int(p.eval_every)) or final:
                         record.update(held_out_metrics(agent, held, int(p.eval_batch_size),
                                                        int(cfg.seed) * 1_000_003 + iteration, episodic))
                         monitor.write(f"  iteration {iteration:6d}  wm {record['wm_loss']:.4f}  held out: wm "
@@ -183,7 +186,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
                     wandb.log({**record, **extra}, step=epoch)
                     monitor.update(epoch, iteration, record)
                     last = record
-                    if iteration % int(p.checkpoint_every) == 0 or final:
+                    if crossed(iteration, n, int(p.checkpoint_every)) or final:
                         checkpoint()
                     if stop.received and not final:
                         checkpoint()

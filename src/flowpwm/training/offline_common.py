@@ -160,6 +160,11 @@ def total_epochs(iterations: int, log_every: int) -> int:
     return math.ceil(int(iterations) / int(log_every))
 
 
+def crossed(iteration: int, n: int, every: int) -> bool:
+    """The last `n` iterations (ending at `iteration`) passed a multiple of `every` (0: never)."""
+    return every > 0 and iteration // every > (iteration - n) // every
+
+
 # -- the command line -------------------------------------------------------------------------------
 def run_hydra_command(command: str, config_name: str, args: list[str], job, precheck=None) -> int:
     """`flowpwm <command> [-m] [k=v ...]` on config `config_name`: every job's config is checked

@@ -33,8 +33,9 @@ from flowpwm.reproducibility import rng_state, set_rng_state, set_seed, write_ru
 from flowpwm.rundir import PRETRAINED, RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
 from flowpwm.training.offline import KIND as PRETRAIN_KIND, masked_batch
-from flowpwm.training.offline_common import (IterationMonitor, check_slices, flow_line, load_data, manifest_file,
-                                             open_wandb, parity_line, resume_changes, subset, total_epochs)
+from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
+                                             manifest_file, open_wandb, parity_line, resume_changes, subset,
+                                             total_epochs)
 from flowpwm.training.online import ESNR_KEYS, averaged, rss_mib
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir
@@ -192,7 +193,6 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
     gen = torch.Generator().manual_seed(int(cfg.seed))
     esnr = ESNRTracker()
     iterations, log_every = int(p.iterations), int(p.log_every)
-    epochs = total_epochs(iterations, log_every)
     epoch, iteration, wall_time, logged = 0, 0, 0.0, 0
     dims = {"kind": KIND, "task_set": ts.name, "task": task, "task_id": task_id, "obs_dim": ts.obs_dim,
             "action_dim": ts.action_dim, "num_tasks": len(ts), "episodic": pre.episodic}
@@ -250,6 +250,8 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
             return data.start_states(task_id, int(cfg.alg.actor_batch_size), H, generator).to(agent.device)
 
         wandb = open_wandb(run.path, cfg, logged, {"eval_score": "max", "eval_return": "max", "esnr_db": "mean"})
+        # epochs of log_every iterations (the last may be shorter), counted from where a resume starts
+        epochs = epoch + total_epochs(max(iterations - iteration, 0), log_every)
         monitor = IterationMonitor("policy", epochs, epoch, mode=cfg.monitor.progress,
                                    print_every_s=float(cfg.monitor.print_every_s), ema=float(cfg.monitor.ema),
                                    stream=monitor_stream, echo=log)
@@ -277,7 +279,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
                     run.log(last)
                     monitor.write(f"  iteration      0  eval return {last['eval_return']:7.1f}  score "
                                   f"{last['eval_score']:.3f}  (untrained policy)")
-                while epoch < epochs:
+                while iteration < iterations:
                     # -- one epoch: `log_every` iterations of 1 actor update + critic minibatches
                     epoch += 1
                     n = min(log_every, iterations - iteration)
@@ -296,12 +298,12 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
                     if bad:
                         raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {iteration}; the last "
                                                  f"good checkpoint is {run.latest_checkpoint}")
-                    final = epoch == epochs
-                    if int(p.esnr_every) and iteration % int(p.esnr_every) == 0:
+                    final = iteration == iterations
+                    if crossed(iteration, n, int(p.esnr_every)):
                         g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + iteration)
                         values = agent.actor_esnr((start_states(g) for _ in range(int(p.esnr_samples))), task_id)
                         record.update(esnr.update({k: values[k] for k in ESNR_KEYS}))
-                    if iteration % int(p.eval_every) == 0 or final:
+                    if crossed(iteration, n, int(p.eval_every)) or final:
                         record.update(evaluate())
                         monitor.write(f"  iteration {iteration:6d}  eval return {record['eval_return']:7.1f}  score "
                                       f"{record['eval_score']:.3f}  actor {record['actor_loss']:.3f}  critic "
@@ -316,7 +318,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
                     monitor.update(epoch, iteration, record)
                     if "eval_return" in record:
                         last = record
-                    if iteration % int(p.checkpoint_every) == 0 or final:
+                    if crossed(iteration, n, int(p.checkpoint_every)) or final:
                         checkpoint()
                     if stop.received and not final:
                         checkpoint()
