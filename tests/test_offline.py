@@ -284,7 +284,7 @@ def test_policy_run_resumed_with_a_larger_budget_ends_like_an_uninterrupted_one(
     assert '"policy.iterations": [4, 8]' in history
 
 
-def test_frozen_world_model_is_unchanged_by_policy_training(pretrained, tmp_path):
+def test_world_model_is_frozen_unless_fine_tuned(pretrained, tmp_path):
     from flowpwm.training.policy import train_policy
 
     cfg = compose(["alg=pwm_tiny", f"pretrained={pretrained}", "task=pendulum-spin", *POLICY], config_name="policy")
@@ -292,6 +292,15 @@ def test_frozen_world_model_is_unchanged_by_policy_training(pretrained, tmp_path
     before = RunDir(pretrained / "0_pwm_tiny").load_checkpoint()["agent"]["world_model"]
     after = RunDir(tmp_path / "run").load_checkpoint()["agent"]["world_model"]
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert "wm_loss" not in RunDir(tmp_path / "run").records()[-1]
+
+    cfg = compose(["alg=pwm_tiny_flow", f"pretrained={pretrained}", "task=pendulum-spin", "policy.fine_tune=true",
+                   *POLICY], config_name="policy")
+    train_policy(cfg, tmp_path / "tuned", log=lambda *_: None)
+    before = RunDir(pretrained / "1_pwm_tiny_flow").load_checkpoint()["agent"]["world_model"]
+    after = RunDir(tmp_path / "tuned").load_checkpoint()["agent"]["world_model"]
+    assert not torch.equal(before["_velocity.0.weight"], after["_velocity.0.weight"])  # fine-tuned
+    assert "wm_loss" in RunDir(tmp_path / "tuned").records()[-1]
 
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------------
