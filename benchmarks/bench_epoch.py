@@ -14,7 +14,8 @@ Adam, torch's Mish, no compile, no TF32) of the same world model and size.
 
 `--baseline-src DIR` adds a variant `before`: the same epoch run by the flowpwm package in DIR
 (e.g. the `src` of a `git worktree` of an older commit; its own configs, no perf knobs), and the
-ratio of each variant to it.
+ratio of each variant to it. Variants: `eager`, `+knob` for each of --knobs, `all` (every knob
+that applies to the device), `defaults` (configs/config.yaml).
 """
 
 from __future__ import annotations
@@ -85,12 +86,11 @@ def variants(knobs: list[str], device: str, baseline_src: str | None) -> dict[st
     if baseline_src:
         out["before"] = (baseline_src, [])
     out["eager"] = (None, EAGER)
+    applicable = [k for k in KNOBS if k != "tf32" or device.startswith("cuda")]  # TF32 never touches the CPU
     for k in knobs:
-        if k == "tf32" and not device.startswith("cuda"):
-            continue  # never touches the CPU
-        out[f"+{k}"] = (None, [*EAGER, *KNOBS[k]])
-    if len(knobs) > 1:
-        out["all knobs"] = (None, [*EAGER, *(o for k in knobs for o in KNOBS[k])])
+        if k in applicable:
+            out[f"+{k}"] = (None, [*EAGER, *KNOBS[k]])
+    out["all"] = (None, [*EAGER, *(o for k in applicable for o in KNOBS[k])])
     out["defaults"] = (None, [])  # configs/config.yaml's perf section as it is
     return out
 
