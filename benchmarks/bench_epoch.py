@@ -14,8 +14,9 @@ Adam, torch's Mish, no compile, no TF32) of the same world model and size.
 
 `--baseline-src DIR` adds a variant `before`: the same epoch run by the flowpwm package in DIR
 (e.g. the `src` of a `git worktree` of an older commit; its own configs, no perf knobs), and the
-ratio of each variant to it. Variants: `eager`, `+knob` for each of --knobs, `all` (every knob
-that applies to the device), `defaults` (configs/config.yaml).
+ratio of each variant to it. Variants: `eager`, `+knob` for each of --knobs (not with
+--no-singles), `all` (every knob of --knobs that applies to the device: TF32 only on CUDA),
+`defaults` (configs/config.yaml).
 """
 
 from __future__ import annotations
@@ -80,17 +81,19 @@ def child(spec: dict) -> dict:
         trainer.close()
 
 
-def variants(knobs: list[str], device: str, baseline_src: str | None) -> dict[str, tuple[str | None, list[str]]]:
+def variants(knobs: list[str], device: str, baseline_src: str | None,
+             singles: bool = True) -> dict[str, tuple[str | None, list[str]]]:
     """label -> (source dir or None for this checkout, overrides)."""
     out: dict[str, tuple[str | None, list[str]]] = {}
     if baseline_src:
         out["before"] = (baseline_src, [])
     out["eager"] = (None, EAGER)
-    applicable = [k for k in KNOBS if k != "tf32" or device.startswith("cuda")]  # TF32 never touches the CPU
-    for k in knobs:
-        if k in applicable:
+    knobs = [k for k in knobs if k != "tf32" or device.startswith("cuda")]  # TF32 never touches the CPU
+    if singles:
+        for k in knobs:
             out[f"+{k}"] = (None, [*EAGER, *KNOBS[k]])
-    out["all"] = (None, [*EAGER, *(o for k in applicable for o in KNOBS[k])])
+    if len(knobs) > 1 or not singles:
+        out["all"] = (None, [*EAGER, *(o for k in knobs for o in KNOBS[k])])
     out["defaults"] = (None, [])  # configs/config.yaml's perf section as it is
     return out
 
@@ -123,6 +126,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per process (compilation happens here)")
     p.add_argument("--random-steps", type=int, default=2000, help="random-action steps in the buffer first")
+    p.add_argument("--no-singles", action="store_true", help="no +knob variants: eager, all, defaults only")
     p.add_argument("--baseline-src", help="also run the flowpwm package in this directory as `before`")
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -134,7 +138,7 @@ def main() -> int:
     unknown = sorted(set(knobs) - set(KNOBS))
     if unknown:
         p.error(f"--knobs: unknown {', '.join(unknown)}; choose from all, none, {', '.join(KNOBS)}")
-    table = variants(knobs, args.device, args.baseline_src)
+    table = variants(knobs, args.device, args.baseline_src, singles=not args.no_singles)
     times = {(wm, size, v): [] for wm in args.wms for size in args.sizes for v in table}
     for r in range(args.rounds):
         for (wm, size, v) in times:

@@ -212,7 +212,11 @@ class PWM:
             # z_t is alive when no termination happened among z_1..z_t.
             alive = torch.cat([torch.ones_like(cont[:1]), cont[:-1]]).cumprod(0)
             metrics["imagined_length"] = m(alive.sum(0).mean())
-        metrics.update(self.update_critic(data["zs"], self._td_targets(data["rewards"], data["values"], cont), alive))
+        perf_lib.step_begin(self.perf)
+        targets = self._td_targets(data["rewards"], data["values"], cont)
+        if self.perf.cudagraphs:  # the critic's graph replays would overwrite it
+            targets = targets.clone()
+        metrics.update(self.update_critic(data["zs"], targets, alive))
         return metrics
 
     def actor_gradient(self, obs0: torch.Tensor, task=None) -> torch.Tensor:
