@@ -76,9 +76,11 @@ run_stage() {  # name, time limit, command...
   if ((t < 30)); then say "[$name] SKIPPED: $(left) s of the ${BUDGET_S} s budget left"; return; fi
   echo "=== $name (limit ${t} s) ==="
   local t0=$SECONDS
-  timeout --kill-after=10 "$t" bash -c "$*"  # a fresh bash: the stage functions and variables are exported
+  # a fresh bash (the stage functions and variables are exported); SIGKILL to timeout's whole process
+  # group: flowpwm train takes SIGTERM as "finish the epoch, checkpoint, exit", and must not outlive its stage
+  timeout -s KILL "$t" bash -c "$*"
   local rc=$?
-  local status=ok; ((rc == 124 || rc == 137)) && status="TIMED OUT"; ((rc != 0 && rc != 124 && rc != 137)) && status="FAILED (exit $rc)"
+  local status=ok; ((rc == 124 || rc == 137)) && status="TIMED OUT (rerun alone: benchmarks/gpu_check.sh $name)"; ((rc != 0 && rc != 124 && rc != 137)) && status="FAILED (exit $rc)"
   say "[$name] $status in $((SECONDS - t0)) s"
 }
 
