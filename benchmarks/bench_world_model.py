@@ -89,7 +89,14 @@ def measure(args) -> dict:
     return {"times": times, "peak_mib": peak_mib, "params": sum(p.numel() for p in wm.parameters())}
 
 
-def main() -> int:
+def child_args(args: argparse.Namespace) -> list[str]:
+    """A child process's arguments: the parsed settings, never sys.argv (`--json PATH`, with a
+    space, used to leave PATH behind as a stray argument)."""
+    return [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("json", "variant", "variants") and v is not None]
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="5M", help="alg pair pwm_<size> / pwm_<size>_flow (default 5M)")
     p.add_argument("--batch", type=int, default=256)
@@ -107,6 +114,11 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     p.add_argument("--json", help="also write the results here")
+    return p
+
+
+def main() -> int:
+    p = parser()
     args = p.parse_args()
     if args.variant:
         print(json.dumps(measure(args)))
@@ -115,9 +127,7 @@ def main() -> int:
     if "mlp" not in args.variants:
         p.error("--variants: ratios are against mlp; include it")
     results = {v: {"times": [], "peak": []} for v in args.variants}
-    # the parsed settings, not sys.argv: `--json PATH` (with a space) must not reach the children
-    child = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-             if k not in ("json", "variant", "variants") and v is not None]
+    child = child_args(args)
     for _ in range(args.rounds):
         for v in args.variants:
             out = subprocess.run([sys.executable, __file__, *child, "--variant", v],

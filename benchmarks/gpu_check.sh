@@ -17,7 +17,8 @@
 #   train   `flowpwm train` on CUDA, tiny configs, Hopper-v5 (a gymnasium MuJoCo task: dm_control's
 #           wheel is not carried): both world models at the perf defaults, the flow one with perf.compile=true
 #   epoch   bench_epoch.py, pwm_5M pair, Hopper-v5, 64 envs: s/epoch eager, defaults, all knobs
-# The last lines are a summary; everything is also under $OUT (or /tmp/gpu_check) as logs and JSON.
+# The last lines are a summary. Under $OUT (or /tmp/gpu_check): gpu_check.log, summary.txt and the
+# benchmarks' JSON (5 files: the device tool brings back 8); run dirs and train logs in /tmp/gpu_check_work.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,7 +44,8 @@ fi
 
 STAGES=("$@")
 [[ ${#STAGES[@]} -eq 0 ]] && STAGES=(wm parity train epoch)
-mkdir -p "$OUTDIR"
+WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
+mkdir -p "$OUTDIR" "$WORK"
 LOG=$OUTDIR/gpu_check.log
 SUMMARY=$OUTDIR/summary.txt
 : >"$SUMMARY"
@@ -100,13 +102,14 @@ stage_train() {
     local alg=${run%%:*} perf=${run##*:}
     {
       local extra=(); [[ $perf == compile ]] && extra=(perf.compile=true)
-      local dir=$OUTDIR/runs/${alg}_$perf
+      local dir=$WORK/runs/${alg}_$perf log=$WORK/train_${alg}_$perf.log
       rm -rf "$dir"
       "$PY" -m flowpwm.cli train alg=$alg device="$DEVICE" env.task=Hopper-v5 env.num_envs=16 train.seed_steps=512 \
         train.pretrain_iterations=10 train.env_steps=2048 train.eval_every=4 train.eval_episodes=2 \
         train.esnr_every=4 train.esnr_samples=4 train.plots=false wandb.mode=disabled monitor.progress=off \
-        train.threads=4 hydra.run.dir="$dir" "${extra[@]}" >"$OUTDIR/train_${alg}_$perf.log" 2>&1
+        train.threads=4 hydra.run.dir="$dir" "${extra[@]}" >"$log" 2>&1
       local r=$?
+      ((r != 0)) && { echo "--- the end of $log:"; tail -n 25 "$log"; }
       "$PY" - "$dir" "$alg $perf" "$r" <<'EOF' | tee -a "$SUMMARY"
 import json, math, sys
 from pathlib import Path
@@ -132,7 +135,7 @@ stage_epoch() {
     --rounds 1 --epochs 5 --warmup 2 --threads 4 --json "$OUTDIR/epoch.json"
 }
 
-export PY DEVICE OUTDIR SIZE SUMMARY
+export PY DEVICE OUTDIR WORK SIZE SUMMARY
 export -f say stage_wm stage_parity stage_train stage_epoch
 declare -A LIMIT=([wm]=200 [parity]=170 [train]=160 [epoch]=200)
 for s in "${STAGES[@]}"; do

@@ -169,3 +169,17 @@ def test_compiled_updates_match_eager(kind, backend, H, same_random_numbers):
     for a, b in ((eager.wm, fast.wm), (eager.actor, fast.actor), (eager.critic, fast.critic)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bench_world_model_passes_no_json_path_to_its_children():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_world_model.py"
+    spec = importlib.util.spec_from_file_location("bench_world_model", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for argv in (["--json", "out file.json", "--size", "tiny"], ["--json=out.json", "--size=tiny"]):
+        child = bench.child_args(bench.parser().parse_args(argv))
+        assert "--size=tiny" in child and not any("out" in a or "json" in a for a in child), child
+        assert bench.parser().parse_args([*child, "--variant", "mlp"]).size == "tiny"  # a child parses them
