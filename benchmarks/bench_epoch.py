@@ -69,14 +69,18 @@ def child(spec: dict) -> dict:
         trainer.collect(max(trainer.agent.horizon + 2, spec["random_steps"] // trainer.env.num_envs),
                         random_actions=True)
         monitor = TrainingMonitor(trainer.total_epochs, 0, mode="off")
-        times, warm, start = [], [], time.perf_counter()
+        times, cpu, warm, start = [], [], [], time.perf_counter()
         for i in range(spec["warmup"] + spec["epochs"]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             trainer.train_epoch(start, monitor, NoWandb())
             if spec["device"].startswith("cuda"):
                 torch.cuda.synchronize()
-            (times if i >= spec["warmup"] else warm).append(time.perf_counter() - t)
-        return {"times": times, "warmup_s": sum(warm)}
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            else:
+                warm.append(time.perf_counter() - t)
+        return {"times": times, "cpu_times": cpu, "warmup_s": sum(warm)}
     finally:
         trainer.close()
 
@@ -128,6 +132,9 @@ def main() -> int:
     p.add_argument("--random-steps", type=int, default=2000, help="random-action steps in the buffer first")
     p.add_argument("--no-singles", action="store_true", help="no +knob variants: eager, all, defaults only")
     p.add_argument("--baseline-src", help="also run the flowpwm package in this directory as `before`")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or this process's CPU time (on a loaded shared CPU: the work done, not the "
+                        "waiting; with --threads 1 only)")
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -143,12 +150,14 @@ def main() -> int:
     for r in range(args.rounds):
         for (wm, size, v) in times:
             src, overrides = table[v]
-            times[(wm, size, v)] += run_child(args, wm, size, src, overrides)["times"]
+            res = run_child(args, wm, size, src, overrides)
+            times[(wm, size, v)] += res["cpu_times" if args.clock == "cpu" else "times"]
             print(f"  round {r + 1}/{args.rounds}  {wm:4s} {size:4s} {v:16s} "
                   f"{statistics.median(times[(wm, size, v)]):.3f} s/epoch", file=sys.stderr, flush=True)
     med = {k: statistics.median(t) for k, t in times.items()}
-    print(f"\nepoch time: {args.task}, {args.num_envs} envs x steps_per_epoch, {args.device}, {args.threads} "
-          f"thread(s); median of {args.rounds} processes x {args.epochs} epochs (after {args.warmup} warm-up)\n")
+    print(f"\nepoch {args.clock} time: {args.task}, {args.num_envs} envs x steps_per_epoch, {args.device}, "
+          f"{args.threads} thread(s); median of {args.rounds} processes x {args.epochs} epochs (after {args.warmup} "
+          f"warm-up)\n")
     ref = "before" if args.baseline_src else "eager"
     print(f"| world model | size | variant | s / epoch | vs eager | vs {ref} |" if ref != "eager" else
           "| world model | size | variant | s / epoch | vs eager |")

@@ -28,6 +28,7 @@ OBS, ACT, H = 17, 6, 16
 UPSTREAM = r"""
 import json, os, sys, time
 root, batch, reps, warmup, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+clock = time.process_time if sys.argv[6] == "cpu" else time.perf_counter
 sys.path.insert(0, os.path.join(root, "src"))
 import torch
 torch.set_num_threads(threads)
@@ -52,15 +53,16 @@ for name, fn in (("wm_update", wm), ("update", full)):
         fn()
     ts = []
     for _ in range(reps):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+        t = clock(); fn(); ts.append(clock() - t)
     out[name] = ts
 print(json.dumps(out))
 """ % {"H": H, "OBS": OBS, "ACT": ACT}
 
 OURS = r"""
 import json, sys, time
-batch, reps, warmup, threads, bins = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-overrides = sys.argv[6:]
+batch, reps, warmup, threads, clock_name, bins = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+clock = time.process_time if clock_name == "cpu" else time.perf_counter
+overrides = sys.argv[7:]
 import torch
 torch.set_num_threads(threads)
 from flowpwm.algorithms.pwm import PWM
@@ -75,7 +77,7 @@ for name, fn in (("wm_update", lambda: agent.update_world_model(obs, act, rew)),
         fn()
     ts = []
     for _ in range(reps):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+        t = clock(); fn(); ts.append(clock() - t)
     out[name] = ts
 print(json.dumps(out))
 """ % {"H": H, "OBS": OBS, "ACT": ACT}
@@ -100,11 +102,13 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--our-bins", type=int, default=1, help="our reward bins (upstream's pwm.yaml: scalar, so 1)")
     p.add_argument("--perf", nargs="*", default=[], help="our perf overrides, e.g. perf.fast_mish=true")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or each process's CPU time (a loaded shared CPU, --threads 1)")
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
     if not args.pwm_root or not os.path.isfile(os.path.join(args.pwm_root, "scripts/cfg/alg/pwm.yaml")):
         p.error("--pwm-root / PWM_ROOT must be a work tree of github.com/imgeorgiev/PWM")
-    common = [str(args.batch), str(args.reps), str(args.warmup), str(args.threads)]
+    common = [str(args.batch), str(args.reps), str(args.warmup), str(args.threads), args.clock]
     times = {code: {"wm_update": [], "update": []} for code in ("upstream", "ours")}
     params = {}
     for r in range(args.rounds):
@@ -120,7 +124,7 @@ def main() -> int:
                   file=sys.stderr, flush=True)
     med = {c: {k: statistics.median(v) for k, v in t.items()} for c, t in times.items()}
     print(f"\nPWM update(), 5M single-task (obs {OBS}, act {ACT}, H={H}, batch {args.batch}), CPU, {args.threads} "
-          f"thread(s); median of {args.rounds} processes x {args.reps} calls each; ours: num_bins={args.our_bins} "
+          f"thread(s), {args.clock} clock; median of {args.rounds} processes x {args.reps} calls each; ours: num_bins={args.our_bins} "
           f"{' '.join(args.perf)}\n")
     print("| | world-model params | wm step (ms) | update() (ms) |")
     print("|---|---:|---:|---:|")
