@@ -151,6 +151,24 @@ def test_fm_source_grad_false_keeps_the_flow_matching_term_off_the_encoder(sourc
     assert grads[True][1] > 0 and grads[False][1] > 0
 
 
+@pytest.mark.parametrize("source", ["encoder", "rollout"])
+def test_identity_grad_false_cuts_the_encoders_gradient_through_z_prime_equals_z(source):
+    """With a zero velocity field next(z) = z: the consistency loss then reaches the encoder
+    only through the identity path, which identity_grad=False cuts (the collapse fix)."""
+    obs, action, reward = batch(H=3)
+    grads = {}
+    for flag in (True, False):
+        wm = tiny_wm("flow")
+        nn.init.zeros_(wm._velocity[-1].weight)
+        nn.init.zeros_(wm._velocity[-1].bias)
+        loss, m = compute_wm_loss(wm, obs, action, reward, flow_source=source, reward_coef=0.0, consistency_coef=1.0,
+                                  fm_source_grad=False, identity_grad=flag)
+        loss.backward()
+        grads[flag] = sum(p.grad.abs().sum() for p in wm._encoder.parameters() if p.grad is not None)
+        assert m["consistency_loss"] > 0
+    assert grads[True] > 0 and grads[False] == 0
+
+
 def test_consistency_term_is_zero_when_next_hits_its_targets():
     wm = tiny_wm("flow", integrator="euler", substeps=2)
     z0 = wm.encode(torch.randn(8, wm.obs_dim))

@@ -7,11 +7,18 @@ names — `encoder` (teacher forcing: one velocity call per transition) or `roll
 model's own integrated latent, with gradient through the integration, as the baseline) — plus,
 with `consistency_coef` > 0, the baseline's multi-step latent MSE on the latents `next()`
 integrates. The flow-matching target never supervises the integrated map the actor trains
-through (nor its action dependence) directly; the consistency term does. With
-`fm_source_grad: false` the flow-matching term trains the velocity field only: its target
-x1 - x0 shrinks with the latent scale, and its gradient into the encoder collapses the latent
-space (measured: 20-60x less latent variance than the MLP's); the encoder then learns from the
-consistency and reward terms, as the MLP's does.
+through (nor its action dependence) directly; the consistency term does.
+
+Latent collapse: the flow model's encoder maps states to 20-60x less latent variance than the
+MLP's (measured on cheetah-run and finger-spin), because residual losses — the flow-matching
+target x1 - x0 and the consistency of z' = z + integral of v — reward z_t = z_{t+1} through the
+identity path from the source latent. `fm_source_grad: false` keeps the flow-matching term off
+the source (it trains the velocity field only); `identity_grad: false` cuts the identity path
+from the source latent in the rollout losses, so the encoder learns through the velocity
+field's inputs, as the MLP's learns through its dynamics network. Offline on a fixed
+cheetah-run buffer (1500 updates), latent variance / effective rank / 16-step relative error:
+MLP 1.11 / 5.9 / 0.31; flow 0.32 / 2.2 / 1.37; flow with consistency, fm_source_grad and
+identity_grad off 0.64 / 15.3 / 0.29.
 Both add the same two-hot reward loss, evaluated on the latents the dynamics term starts from,
 and, for episodic tasks, the termination head's binary cross-entropy on the `terminated` flags.
 """
@@ -28,7 +35,8 @@ from flowpwm.models.world_model import LatentWorldModel
 FLOW_SOURCES = ("encoder", "rollout")
 
 
-def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=True, fm_source_grad=True):
+def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=True, fm_source_grad=True,
+                    identity_grad=True):
     """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Returns the source latents
     (H, B, D); with `full`, the latents each step reaches (H, B, D) and their MSE against
     `targets` (H, B, D) per step (H,) (without it the last `next()` is skipped and both are
@@ -41,7 +49,9 @@ def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=Tr
                                                  fm_tau_sampling, fm_source_grad).mean())
         if full or t < H - 1:
             z = wm.next(z, action[t], task)
-            reached.append(z)
+            # z_t = z0 + (sum of integrated increments): without identity_grad the loss reaches the
+            # encoder through the velocity field's inputs only, not through the identity path from z0.
+            reached.append(z if identity_grad else z - z0 + z0.detach())
     reached = torch.stack(reached) if full else None
     mse = (reached - targets).pow(2).mean(dim=(1, 2)) if full else None
     return torch.stack(srcs), reached, mse, (torch.stack(fm) if fm else None)
@@ -63,6 +73,7 @@ def compute_wm_loss(
     flow_source: str = "encoder",
     consistency_coef: float = 0.0,
     fm_source_grad: bool = True,
+    identity_grad: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1), and for episodic world
     models `terminated` (H, B, 1) → (loss, detached metrics)."""
@@ -94,14 +105,14 @@ def compute_wm_loss(
         dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
                                               fm_source_grad).mean(-1)
         if consistency_coef > 0:
-            _, reached, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task)
+            _, reached, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task, identity_grad=identity_grad)
     else:
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
         full = consistency_coef > 0 or wm.episodic
         sources, reached, consistency, dynamics = _latent_rollout(
             wm, wm.encode(obs[0], task), action, targets, task, fm_tau_sampling=tau_sampling, full=full,
-            fm_source_grad=fm_source_grad)
+            fm_source_grad=fm_source_grad, identity_grad=identity_grad)
     if wm.kind == "flow":
         metrics["flow_matching_loss"] = ((dynamics * weights).sum() / H).item()
         if consistency_coef > 0:
@@ -137,6 +148,7 @@ def wm_loss_kwargs(alg) -> dict:
         flow_source=wm.get("flow_source", "encoder"),
         consistency_coef=float(wm.get("consistency_coef", 0.0)),
         fm_source_grad=bool(wm.get("fm_source_grad", True)),
+        identity_grad=bool(wm.get("identity_grad", True)),
     )
     for key, valid in (("tau_sampling", TAU_SAMPLING), ("flow_source", FLOW_SOURCES)):
         if kwargs[key] not in valid:

@@ -75,6 +75,7 @@ class FlowWorldModel(WorldModel):
     velocity_units: list[int] = key(ge=1, min_len=1)
     consistency_coef: float = key(ge=0)
     fm_source_grad: bool = key()
+    identity_grad: bool = key()
 
 
 WORLD_MODELS = {"mlp": WorldModel, "flow": FlowWorldModel}  # alg.world_model.type -> its schema
