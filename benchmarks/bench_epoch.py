@@ -6,7 +6,7 @@ reported as ratios in one run.
 Every variant runs in its own process (fresh compile caches, no cross-talk); rounds interleave
 the variants, so drift on a shared machine hits all of them alike; times are medians over all
 timed epochs of all rounds. Ratios are against `eager` (every knob off: float metrics, default
-Adam, torch's Mish, no compile, no TF32) of the same world model and size.
+Adam, no compile, no TF32) of the same world model and size.
 
     python benchmarks/bench_epoch.py                                  # tiny, both world models, CPU
     python benchmarks/bench_epoch.py --sizes 5M 48M --device cuda --task Hopper-v5 --num-envs 64
@@ -35,10 +35,8 @@ KNOBS = {  # name -> the overrides that turn it on (on top of `eager`)
     "fused_adam": ["perf.fused_adam=true"],
     "tf32": ["perf.tf32=true"],
     "compile": ["perf.compile=true"],
-    "fast_mish": ["perf.fast_mish=true"],
 }
-EAGER = ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false",
-         "perf.fast_mish=false"]
+EAGER = ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false"]
 
 
 def child(spec: dict) -> dict:

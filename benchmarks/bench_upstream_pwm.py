@@ -101,7 +101,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5, help="timed calls per process")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--our-bins", type=int, default=1, help="our reward bins (upstream's pwm.yaml: scalar, so 1)")
-    p.add_argument("--perf", nargs="*", default=[], help="our perf overrides, e.g. perf.fast_mish=true")
+    p.add_argument("--perf", nargs="*", default=[], help="our perf overrides, e.g. perf.fused_adam=true")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or each process's CPU time (a loaded shared CPU, --threads 1)")
     p.add_argument("--json", help="write all numbers here")

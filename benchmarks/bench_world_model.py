@@ -7,7 +7,7 @@ Each variant runs in its own process (clean memory high-water mark); rounds inte
 variants so machine drift hits all of them alike. Variants: `mlp`; `flow` (the flow config's own
 defaults); `flow/encoder` and `flow/rollout` (that source, with --integrator/--substeps when
 given). `--perf` picks the `perf:` knobs: `defaults` (configs/config.yaml), `eager` (all off) or
-`all` (all on: compile, fused Adam, TF32 on CUDA, device metrics, fast Mish).
+`all` (all on: compile, fused Adam, TF32 on CUDA, device metrics).
 
     python benchmarks/bench_world_model.py                 # 5M pair, batch 256 x 17
     python benchmarks/bench_world_model.py --size 48M --device cuda --perf all --json out.json
@@ -26,10 +26,8 @@ import time
 VARIANTS = {"mlp": ("", None), "flow": ("_flow", None), "flow/encoder": ("_flow", "encoder"),
             "flow/rollout": ("_flow", "rollout")}
 PERF = {"defaults": [],
-        "eager": ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false",
-                  "perf.fast_mish=false"],
-        "all": ["perf.device_metrics=true", "perf.fused_adam=true", "perf.tf32=true", "perf.compile=true",
-                "perf.fast_mish=true"]}
+        "eager": ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false"],
+        "all": ["perf.device_metrics=true", "perf.fused_adam=true", "perf.tf32=true", "perf.compile=true"]}
 
 
 def rss_kib(field: str) -> int:

@@ -25,7 +25,7 @@ import sys
 import torch
 
 OBS, ACT = 17, 6
-EAGER = dict(device_metrics=False, fused_adam=False, tf32=False, compile=False, fast_mish=False)
+EAGER = dict(device_metrics=False, fused_adam=False, tf32=False, compile=False)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from flowpwm import perf
 from flowpwm.algorithms.pwm import PWM
@@ -17,10 +16,8 @@ FAST = ["env.num_envs=2", "train.seed_steps=40", "train.pretrain_iterations=2", 
         "alg.wm_iterations=2", "alg.actor_batch_size=8", "alg.critic_iterations=1", "alg.policy_iterations=2",
         "alg.horizon=4", "train.threads=1", "wandb.mode=disabled", "monitor.progress=off", "train.plots=false",
         "train.env_steps=48", "train.esnr_every=1", "train.esnr_samples=2"]
-OFF = ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false",
-       "perf.fast_mish=false"]
-ON = ["perf.device_metrics=true", "perf.fused_adam=true", "perf.tf32=true", "perf.compile=true",
-      "perf.fast_mish=true"]
+OFF = ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false"]
+ON = ["perf.device_metrics=true", "perf.fused_adam=true", "perf.tf32=true", "perf.compile=true"]
 
 
 @pytest.fixture
@@ -69,7 +66,7 @@ def test_one_epoch_with_every_perf_flag_on_matches_all_off(kind, tmp_path, same_
     takes minutes on 2 cores; it is compared per path below and on the GPU by gpu_check.sh)."""
     off, p_off, _ = one_epoch(tmp_path, "off", kind, OFF)
     on, p_on, agent = one_epoch(tmp_path, "on", kind, [*ON, "perf.compile_backend=aot_eager"])
-    assert agent.perf.compile and agent.perf.device_metrics and agent.perf.fast_mish
+    assert agent.perf.compile and agent.perf.device_metrics and agent.perf.fused_adam
     assert_records_close(off, on, rtol=2e-3)
     assert off[-1]["wm_loss"] != 0 and "critic_grad_norm" in on[-1]
     for k in p_off:
@@ -93,29 +90,11 @@ def test_averaged_brings_tensor_metrics_to_the_host_as_floats():
     assert averaged([]) == {}
 
 
-def test_fast_mish_is_mish_forward_and_backward():
-    x = (torch.randn(4096, dtype=torch.float64) * 6).float().requires_grad_()
-    x.data[:4] = torch.tensor([-100.0, 0.0, 25.0, 100.0])
-    g = torch.randn_like(x)
-    xd = x.detach().double().requires_grad_()
-    ref = F.mish(xd)
-    gref = torch.autograd.grad(ref, xd, g.double())[0]
-    y = perf.mish(x)
-    gy = torch.autograd.grad(y, x, g)[0]
-    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(gy.double(), gref, rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        torch.testing.assert_close(perf.mish(x), y)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Mish())
-    state = net.state_dict()
-    assert perf.use_fast_mish(net) == 1 and isinstance(net[1], torch.nn.Mish) and net.state_dict().keys() == state.keys()
-
-
 def test_perf_auto_resolves_per_device():
-    cpu = perf.resolve({"fused_adam": "auto", "tf32": "auto", "fast_mish": "auto"}, "cpu")
-    assert not cpu.fused_adam and not cpu.tf32 and cpu.fast_mish and cpu.device_metrics and not cpu.compile
-    cuda = perf.resolve({"fused_adam": "auto", "tf32": "auto", "fast_mish": "auto"}, "cuda")
-    assert cuda.fused_adam and cuda.tf32 and not cuda.fast_mish
+    cpu = perf.resolve({"fused_adam": "auto", "tf32": "auto"}, "cpu")
+    assert not cpu.fused_adam and not cpu.tf32 and cpu.device_metrics and not cpu.compile
+    cuda = perf.resolve({"fused_adam": "auto", "tf32": "auto"}, "cuda")
+    assert cuda.fused_adam and cuda.tf32
     assert perf.resolve({"tf32": True}, "cpu").tf32 is False  # never on the CPU
     assert perf.resolve(None, "cuda") == perf.LEGACY
 

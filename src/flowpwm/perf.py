@@ -8,13 +8,14 @@ none changing what is computed beyond float rounding.
   the same bits as the default one.
 - `tf32`: TF32 matmuls on CUDA (never touches CPU arithmetic).
 - `compile`: `torch.compile` (mode `compile_mode`, static shapes) of the world-model loss, the
-  actor's imagined rollout and the critic loss; `reduce-overhead` captures them as CUDA graphs.
+  actor's imagined rollout, the critic loss and the TD(λ) targets; `reduce-overhead` captures them
+  as CUDA graphs.
   The flow integrator's K steps are a Python loop over constants, so they unroll into one graph.
-- `fast_mish`: Mish as exp and a division (x·n/(n+2), n = eˣ(eˣ+2) = the tanh of softplus) with a
-  hand-written backward: 2-3x faster than torch's CPU kernel, the same function to 3e-7
-  (relative; torch's kernel is 2e-7 from float64).
 
-`auto` means: on where it pays (CUDA for fused_adam/tf32, the CPU for fast_mish).
+`auto`: on for CUDA, off on the CPU. On the CPU nothing here measurably shortens an epoch of our
+models (benchmarks/bench_epoch.py): it is compute-bound model math (Linear, LayerNorm, Mish and
+their backward). A Mish written as exp and a division was tried and dropped: faster than torch's
+CPU kernel on mid-sized tensors only, slower on small and large ones.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class Perf:
     compile: bool = False
     compile_mode: str = "reduce-overhead"
     compile_backend: str = "inductor"
-    fast_mish: bool = False
 
     @property
     def cudagraphs(self) -> bool:
@@ -70,7 +70,6 @@ def resolve(cfg: Any, device: str | torch.device) -> Perf:
         compile=bool(get("compile", False)),
         compile_mode=str(get("compile_mode", "reduce-overhead")),
         compile_backend=str(get("compile_backend", "inductor")),
-        fast_mish=_auto(get("fast_mish", "auto"), not cuda),
     )
 
 
@@ -83,59 +82,13 @@ def apply_matmul_precision(perf: Perf, device: str | torch.device) -> None:
 
 def adam(params: Iterable[nn.Parameter], perf: Perf, device: str | torch.device, **kwargs) -> torch.optim.Adam:
     """Adam with the fused kernel (CUDA) or the multi-tensor one (CPU: the same bits as the
-    default single-tensor loop, fewer Python steps) when `fused_adam`, else torch's default."""
+    default single-tensor loop) when `fused_adam`, else torch's default."""
     if perf.fused_adam:
         if torch.device(device).type == "cuda":
             kwargs["fused"] = True
         else:
             kwargs["foreach"] = True
     return torch.optim.Adam(params, **kwargs)
-
-
-# -- Mish -------------------------------------------------------------------------------------------
-class _MishFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        e = torch.exp(x.clamp(max=20.0))  # x > 20: tanh(softplus(x)) = 1 in float32
-        n = e * (e + 2)
-        t = n / (n + 2)  # = tanh(softplus(x))
-        ctx.save_for_backward(x, t, e)
-        return x * t
-
-    @staticmethod
-    def backward(ctx, g):
-        x, t, e = ctx.saved_tensors
-        # d/dx x·t(x) = t + x·(1 - t²)·sigmoid(x), sigmoid(x) = e / (1 + e)
-        return g * (t + x * (1 - t * t) * (e / (1 + e)))
-
-
-def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish x·tanh(softplus(x)), faster than torch's CPU kernel; torch's own under torch.compile
-    (inductor fuses it)."""
-    if torch.compiler.is_compiling():
-        return nn.functional.mish(x)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _MishFunction.apply(x)
-    e = torch.exp(x.clamp(max=20.0))
-    n = e * (e + 2)
-    return x * (n / (n + 2))
-
-
-class FastMish(nn.Mish):
-    """nn.Mish computed by `mish` (a subclass: same repr-free state dict, isinstance holds)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mish(x)
-
-
-def use_fast_mish(module: nn.Module) -> int:
-    """Swap every nn.Mish inside `module` for FastMish; returns how many were swapped."""
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Mish:
-            m.__class__ = FastMish
-            n += 1
-    return n
 
 
 # -- compile ----------------------------------------------------------------------------------------

@@ -191,7 +191,6 @@ class Perf:
     compile: bool = key()
     compile_mode: str = key(choices=COMPILE_MODES)
     compile_backend: str = key(choices=COMPILE_BACKENDS)
-    fast_mish: bool | str = key(choices=AUTO)
 
 
 @dataclass

@@ -64,9 +64,6 @@ class PWM:
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
-        if self.perf.fast_mish:
-            for module in (self.wm, self.actor, self.critic):
-                perf_lib.use_fast_mish(module)
         # wm.parameters() includes the task embedding (a trap in public forks).
         adam = lambda params, **kw: perf_lib.adam(params, self.perf, self.device, **kw)  # noqa: E731
         self.wm_opt = adam(self.wm.parameters(), lr=alg.model_lr)
@@ -86,14 +83,16 @@ class PWM:
         return perf_lib.metric(x, self.perf) if isinstance(x, torch.Tensor) else x
 
     # -- world model ------------------------------------------------------------------------
-    def compute_wm_loss(self, obs, action, reward, task=None, terminated=None):
+    def compute_wm_loss(self, obs, action, reward, task=None, terminated=None, mask=None):
         """MLP: multi-step latent rollout loss; flow: flow-matching loss (see losses.py); plus
-        the termination loss of an episodic world model."""
-        return compute_wm_loss(self.wm, obs, action, reward, task, terminated=terminated, **self.loss_kwargs)
+        the termination loss of an episodic world model (`mask`: the steps up to a slice's
+        terminal step)."""
+        return compute_wm_loss(self.wm, obs, action, reward, task, terminated=terminated, mask=mask,
+                               **self.loss_kwargs)
 
-    def update_world_model(self, obs, action, reward, task=None, terminated=None) -> dict[str, float]:
+    def update_world_model(self, obs, action, reward, task=None, terminated=None, mask=None) -> dict[str, float]:
         perf_lib.step_begin(self.perf)
-        loss, metrics = self._wm_loss(obs, action, reward, task, terminated)
+        loss, metrics = self._wm_loss(obs, action, reward, task, terminated, mask)
         self.wm_opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), self.cfg.wm_grad_norm)
