@@ -104,7 +104,7 @@ def test_sample_shapes_and_dtypes():
     buf = ReplayBuffer(capacity=60, num_envs=N, obs_dim=3, action_dim=3)
     fill(buf, CountingEnvs(N, max_len=50), 12)
     batch = buf.sample(B, H)
-    assert set(batch) == {"obs", "action", "reward", "terminated"}
+    assert set(batch) == {"obs", "action", "reward", "terminated", "mask"}
     assert batch["obs"].shape == (H + 1, B, 3)
     assert batch["action"].shape == (H, B, 3)
     assert batch["reward"].shape == (H, B, 1)
@@ -239,3 +239,31 @@ def test_bad_inputs_are_rejected():
         buf.add(o, torch.zeros(2, 3), torch.zeros(2), o, f, f)
     buf.add(o, torch.zeros(2, 1), torch.zeros(2, 1), o, f, f)  # (N, 1) rewards are accepted
     assert len(buf) == 2
+
+
+def test_through_terminal_slices_carry_terminations_at_every_position_and_mask_the_rest():
+    """Episodic tasks: a slice may run into a termination (never a truncation); its steps up to
+    and including the terminal one are the episode's, the rest are masked out."""
+    H, N = 5, 6
+    envs = CountingEnvs(N, max_len=7)
+    buf = ReplayBuffer(capacity=60 * N, num_envs=N, obs_dim=3, action_dim=3)
+    fill(buf, envs, 55)
+    g = torch.Generator().manual_seed(2)
+    assert buf.num_valid_starts(H) < buf._valid_starts(H, through_terminal=True).numel()
+    batch = buf.sample(4000, H, generator=g, through_terminal=True)
+    obs, mask, term = batch["obs"], batch["mask"][..., 0], batch["terminated"][..., 0]
+    positions = set()
+    for b in range(obs.shape[1]):
+        valid = int(mask[:, b].sum())
+        e, k = int(obs[0, b, 0]), int(obs[0, b, 1])
+        # the valid part is one episode's consecutive steps, its obs[t+1] the true next obs
+        assert (obs[:valid + 1, b, 1] == k).all() and (obs[1:valid + 1, b, 2] - obs[:valid, b, 2] == 1).all()
+        assert torch.equal(batch["action"][:valid, b], obs[:valid, b])
+        if valid < H:  # cut short: by a termination, at the last valid step
+            length, terminated = envs.ends[(e, k)]
+            assert terminated and term[valid - 1, b] == 1 and int(obs[valid, b, 2]) == length
+            positions.add(valid - 1)
+        assert (mask[:valid, b] == 1).all() and (mask[valid:, b] == 0).all()
+    assert positions == set(range(H - 1)), "terminations appear at every inner position"
+    # without through_terminal, the old contract: full slices only
+    assert (buf.sample(500, H, generator=g)["mask"] == 1).all()

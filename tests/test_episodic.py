@@ -147,3 +147,30 @@ def test_hopper_trains_episodic_and_diagnose_reports_the_termination_head(kind, 
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "alg.episodic=false" in lines[0] and "terminat" in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "flow"])
+def test_steps_after_a_slices_terminal_step_do_not_touch_the_world_model_loss(kind):
+    """Slices drawn through a termination carry the next episode's steps after it: masked out,
+    they change neither the loss nor its gradient."""
+    torch.manual_seed(0)
+    H, B = 5, 8
+    obs, action = torch.randn(H + 1, B, 6), torch.rand(H, B, 2) * 2 - 1
+    reward, terminated = torch.rand(H, B, 1), torch.zeros(H, B, 1)
+    terminated[2, :4] = 1  # half the slices terminate at step 2
+    mask = torch.cat([torch.ones_like(terminated[:1]), 1 - terminated[:-1]]).cumprod(0)
+    wm = build_world_model(tiny_cfg(kind), 6, 2, episodic=True)
+    results = []
+    for garbage in (0.0, 5.0):
+        o, a, r = obs.clone(), action.clone(), reward.clone()
+        o[4:, :4] += garbage  # obs after the terminal step's next obs (obs[3])
+        a[3:, :4] += garbage
+        r[3:, :4] += garbage
+        torch.manual_seed(1)
+        loss, _ = compute_wm_loss(wm, o, a, r, terminated=terminated, mask=mask, flow_source="rollout")
+        wm.zero_grad()
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in wm.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = results
+    assert l0 == pytest.approx(l1, rel=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(g0, g1))

@@ -38,22 +38,23 @@ FLOW_SOURCES = ("encoder", "rollout")
 def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=True, fm_source_grad=True,
                     identity_grad=True):
     """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Returns the source latents
-    (H, B, D); with `full`, the latents each step reaches (H, B, D) and their MSE against
-    `targets` (H, B, D) per step (H,) (without it the last `next()` is skipped and both are
-    None); given `fm_tau_sampling`, the flow-matching loss from each rolled-out source (H,)."""
+    (H, B, D); with `full`, the latents each step reaches (H, B, D) and their squared error
+    against `targets` (H, B, D) per step and sample (H, B) (without it the last `next()` is
+    skipped and both are None); given `fm_tau_sampling`, the flow-matching loss from each
+    rolled-out source (H, B)."""
     H, z, srcs, reached, fm = action.shape[0], z0, [], [], []
     for t in range(H):
         srcs.append(z)
         if fm_tau_sampling is not None:
             fm.append(compute_flow_matching_loss(wm.velocity_fn(action[t], task), z, targets[t],
-                                                 fm_tau_sampling, fm_source_grad).mean())
+                                                 fm_tau_sampling, fm_source_grad))
         if full or t < H - 1:
             z = wm.next(z, action[t], task)
             # z_t = z0 + (sum of integrated increments): without identity_grad the loss reaches the
             # encoder through the velocity field's inputs only, not through the identity path from z0.
             reached.append(z if identity_grad else z - z0 + z0.detach())
     reached = torch.stack(reached) if full else None
-    mse = (reached - targets).pow(2).mean(dim=(1, 2)) if full else None
+    mse = (reached - targets).pow(2).mean(-1) if full else None
     return torch.stack(srcs), reached, mse, (torch.stack(fm) if fm else None)
 
 
@@ -65,6 +66,7 @@ def compute_wm_loss(
     task=None,
     *,
     terminated: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     rho: float = 0.99,
     dynamics_coef: float = 20.0,
     reward_coef: float = 0.1,
@@ -76,7 +78,8 @@ def compute_wm_loss(
     identity_grad: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """obs (H+1, B, obs_dim), action (H, B, A), reward (H, B, 1), and for episodic world
-    models `terminated` (H, B, 1) → (loss, detached metrics)."""
+    models `terminated` (H, B, 1) → (loss, detached metrics). `mask` (H, B, 1) leaves out the
+    steps after a slice's terminal step (every term averages over the samples still alive)."""
     H = action.shape[0]
     if obs.shape[0] != H + 1 or reward.shape[:2] != action.shape[:2]:
         raise ValueError(
@@ -103,7 +106,7 @@ def compute_wm_loss(
         z_all = wm.encode(obs, task)
         sources, targets, reached = z_all[:-1], z_all[1:].detach(), z_all[1:]
         dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
-                                              fm_source_grad).mean(-1)
+                                              fm_source_grad)
         if consistency_coef > 0:
             _, reached, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task, identity_grad=identity_grad)
     else:
@@ -113,21 +116,29 @@ def compute_wm_loss(
         sources, reached, consistency, dynamics = _latent_rollout(
             wm, wm.encode(obs[0], task), action, targets, task, fm_tau_sampling=tau_sampling, full=full,
             fm_source_grad=fm_source_grad, identity_grad=identity_grad)
+    alive = None if mask is None else mask.reshape(H, -1)
+
+    def over_steps(per_sample: torch.Tensor) -> torch.Tensor:
+        """(H, B) per-sample losses -> the ρ^t-weighted mean over steps of each step's batch mean."""
+        if alive is None:
+            per_step = per_sample.mean(-1)
+        else:
+            per_step = (per_sample * alive).sum(-1) / alive.sum(-1).clamp(min=1)
+        return (per_step * weights).sum() / H
+
     if wm.kind == "flow":
-        metrics["flow_matching_loss"] = ((dynamics * weights).sum() / H).item()
+        metrics["flow_matching_loss"] = over_steps(dynamics).item()
         if consistency_coef > 0:
-            metrics["consistency_loss"] = ((consistency * weights).sum() / H).item()
+            metrics["consistency_loss"] = over_steps(consistency).item()
             dynamics = dynamics + consistency_coef * consistency
         metrics["nfe"] = wm.nfe - nfe0
 
-    rew = wm.reward_loss(wm.reward(sources, action, task), reward).mean(-1)
-    dynamics_loss = (dynamics * weights).sum() / H
-    reward_loss = (rew * weights).sum() / H
+    dynamics_loss = over_steps(dynamics)
+    reward_loss = over_steps(wm.reward_loss(wm.reward(sources, action, task), reward))
     loss = dynamics_coef * dynamics_loss + reward_coef * reward_loss
     if wm.episodic:
-        bce = F.binary_cross_entropy_with_logits(wm.termination(reached, task), terminated.float(),
-                                                 reduction="none").mean(dim=(1, 2))
-        termination_loss = (bce * weights).sum() / H
+        bce = F.binary_cross_entropy_with_logits(wm.termination(reached, task), terminated.float(), reduction="none")
+        termination_loss = over_steps(bce.squeeze(-1))
         loss = loss + termination_coef * termination_loss
         metrics["termination_loss"] = termination_loss.item()
     metrics.update(

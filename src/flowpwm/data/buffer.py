@@ -33,7 +33,7 @@ class ReplayBuffer:
         self.terminated = torch.zeros(R, N, dtype=torch.bool, device=self.device)
         self.ptr = 0  # next row to write
         self.filled = 0  # rows holding data
-        self._starts: dict[int, torch.Tensor] = {}  # horizon -> valid flat starts; cleared on write
+        self._starts: dict[tuple, torch.Tensor] = {}  # (horizon, through_terminal) -> valid flat starts; cleared on write
 
     def __len__(self) -> int:
         return self.filled * self.num_envs
@@ -85,24 +85,36 @@ class ReplayBuffer:
     def _physical(self, chrono: torch.Tensor) -> torch.Tensor:
         return (chrono + self._oldest) % self.rows
 
-    def _valid_starts(self, horizon: int) -> torch.Tensor:
+    def _valid_starts(self, horizon: int, through_terminal: bool = False) -> torch.Tensor:
         """Flat indices c * num_envs + env of valid slice starts, c counted from the oldest row.
 
         In chronological order the write position is the end of the data, so a slice that fits
         before the end cannot straddle it. A slice is cut only by episode ends in its first H-1
-        rows; an end in its last row is fine because that row's next_obs is the final obs."""
-        if horizon in self._starts:
-            return self._starts[horizon]
+        rows; an end in its last row is fine because that row's next_obs is the final obs.
+        `through_terminal` also admits slices whose first episode end inside is a termination
+        (the steps after it are masked out by `sample`): episodic tasks then see their terminal
+        transitions at every position of a slice, not only at its last step."""
+        key = (horizon, through_terminal)
+        if key in self._starts:
+            return self._starts[key]
         n = self.filled - horizon + 1
         if n <= 0:
             starts = torch.zeros(0, dtype=torch.long, device=self.device)
         else:
             chrono = torch.arange(self.filled, device=self.device)
-            ends = self.done[self._physical(chrono)].cumsum(0, dtype=torch.int32)
+            done = self.done[self._physical(chrono)]
+            ends = done.cumsum(0, dtype=torch.int32)
             ends = torch.cat([ends.new_zeros(1, self.num_envs), ends])  # ends[k] = dones in rows < k
             inner = ends[horizon - 1:horizon - 1 + n] - ends[:n]  # dones in rows c..c+H-2
-            starts = (inner == 0).flatten().nonzero().squeeze(1)
-        self._starts[horizon] = starts
+            ok = inner == 0
+            if through_terminal:
+                # the first episode end at or after each row, and whether it was a termination
+                at = torch.where(done, chrono[:, None], torch.full_like(done, self.filled, dtype=torch.long))
+                first = at.flip(0).cummin(0).values.flip(0)[:n]
+                envs = torch.arange(self.num_envs, device=self.device)[None]
+                ok = ok | self.terminated[self._physical(first.clamp(max=self.filled - 1)), envs]
+            starts = ok.flatten().nonzero().squeeze(1)
+        self._starts[key] = starts
         return starts
 
     def num_valid_starts(self, horizon: int) -> int:
@@ -115,11 +127,15 @@ class ReplayBuffer:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
 
-    def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None,
+               through_terminal: bool = False) -> dict[str, torch.Tensor]:
         """Uniform draw of `batch_size` slices among valid starts, time-major:
-        obs (H+1, B, obs_dim), action (H, B, action_dim), reward and terminated (H, B, 1)."""
+        obs (H+1, B, obs_dim), action (H, B, action_dim), reward, terminated and mask (H, B, 1).
+        obs[t+1] is the true observation after step t (the stored final obs at an episode's
+        end). mask is 1 up to and including a slice's terminal step and 0 after it (only slices
+        drawn `through_terminal` have steps after one)."""
         self._check_horizon(horizon)
-        starts = self._valid_starts(horizon)
+        starts = self._valid_starts(horizon, through_terminal)
         if starts.numel() == 0:
             raise ValueError(
                 f"no valid {horizon}-step slice yet: {self.filled} rows stored, and a slice needs {horizon} "
@@ -132,12 +148,15 @@ class ReplayBuffer:
         flat = starts[pick.to(self.device)]
         c, env = flat // self.num_envs, flat % self.num_envs
         rows = self._physical(c[None] + torch.arange(horizon, device=self.device)[:, None])  # (H, B)
-        obs = torch.cat([self.obs[rows, env], self.next_obs[rows[-1], env][None]])
+        obs = torch.cat([self.obs[rows[0], env][None], self.next_obs[rows, env]])
+        terminated = self.terminated[rows, env].unsqueeze(-1).float()
+        mask = torch.cat([torch.ones_like(terminated[:1]), 1 - terminated[:-1]]).cumprod(0)
         return {
             "obs": obs,
             "action": self.action[rows, env],
             "reward": self.reward[rows, env].unsqueeze(-1),
-            "terminated": self.terminated[rows, env].unsqueeze(-1).float(),
+            "terminated": terminated,
+            "mask": mask,
         }
 
     # ---- checkpointing -------------------------------------------------------------------

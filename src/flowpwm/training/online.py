@@ -130,15 +130,23 @@ class OnlineTrainer:
             self.obs = next_obs
             self.env_steps += self.env.num_envs
 
-    def sample(self, batch_size: int, generator=None):
-        b = self.buffer.sample(batch_size, self.agent.horizon, generator=generator or self.sample_gen)
-        return b["obs"], b["action"], b["reward"], b["terminated"]
+    def sample(self, batch_size: int, generator=None, through_terminal: bool = False):
+        b = self.buffer.sample(batch_size, self.agent.horizon, generator=generator or self.sample_gen,
+                               through_terminal=through_terminal)
+        return b["obs"], b["action"], b["reward"], b["terminated"], b["mask"]
 
     def update_world_model(self, iterations: int) -> dict[str, float]:
-        batch = int(self.cfg.alg.wm_batch_size)
-        updates = (self.agent.update_world_model(obs, action, reward, terminated=terminated if self.episodic else None)
-                   for obs, action, reward, terminated in (self.sample(batch) for _ in range(iterations)))
-        return averaged(updates)
+        """Episodic tasks learn from slices that run into a termination at any step (the
+        steps after it masked), so the termination head sees terminal transitions at every
+        position, not only at a slice's last step (one slice in an episode's length)."""
+        batch, episodic = int(self.cfg.alg.wm_batch_size), self.episodic
+
+        def update(obs, action, reward, terminated, mask):
+            if not episodic:
+                return self.agent.update_world_model(obs, action, reward)
+            return self.agent.update_world_model(obs, action, reward, terminated=terminated, mask=mask)
+
+        return averaged(update(*self.sample(batch, through_terminal=episodic)) for _ in range(iterations))
 
     def update_policy(self, iterations: int) -> dict[str, float]:
         """Actor + critic updates, each from fresh real start states."""
