@@ -6,7 +6,7 @@ import torch
 
 from flowpwm import integrators
 from flowpwm.analysis.diagnostics import (count_nfe, default_fine_substeps, flow_straightness, format_report,
-                                          jacobian_spectral_norm, main, open_loop_errors, open_loop_from_latents)
+                                          jacobian_spectral_norm, latent_spread, main, open_loop_errors, open_loop_from_latents)
 from flowpwm.config import UserError
 from flowpwm.data.toy import SimplexMixing, ToyOscillator, sample_windows
 from flowpwm.training.online import train
@@ -141,9 +141,26 @@ def test_diagnose_a_checkpoint_path_end_to_end(kind, tmp_path, capsys):
     assert format_report(d).startswith(str(run))
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temp file
 
-    # a run directory gives the same numbers
-    assert main([str(run), "--slices", "16", "--json", str(tmp_path / "same.json")]) == 0
-    assert json.loads((tmp_path / "same.json").read_text())["open_loop"] == d["open_loop"]
+    lat = d["latent"]
+    assert lat["total_variance"] > 0 and 1 <= lat["effective_rank"] <= d["latent_dim"] and lat["step_median"] > 0
+
+    # a run directory gives the same numbers; --simulator adds the checks against the real env
+    assert main([str(run), "--slices", "16", "--simulator", "2", "--json", str(tmp_path / "same.json")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["open_loop"] == d["open_loop"] and "simulator" not in d
+    sim = same["simulator"]
+    assert sim["states"] == 2 and math.isfinite(sim["returns"]["real_return"])
+    assert -1 <= sim["action_sensitivity"]["latent_cosine"] <= 1 and "against the simulator" in capsys.readouterr().out
+
+
+def test_latent_spread_tells_a_collapsed_encoder_from_a_spread_one():
+    g = torch.Generator().manual_seed(0)
+    spread = latent_spread(torch.randn(4096, 16, generator=g))
+    assert spread["effective_rank"] > 15 and spread["total_variance"] == pytest.approx(16, rel=0.1)
+    # every latent on one line, 100x smaller: one direction, 1e-4 of the variance
+    line = torch.randn(4096, 1, generator=g) * 0.01 * torch.ones(1, 16) / 4
+    collapsed = latent_spread(line + 1e-6 * torch.randn(4096, 16, generator=g))
+    assert collapsed["effective_rank"] < 1.1 and collapsed["total_variance"] < 1e-3
 
 
 def test_diagnose_rejects_paths_that_are_not_runs_or_checkpoints(tmp_path):

@@ -5,8 +5,11 @@ On replay slices drawn from the run's own buffer, for either world model:
   latents after H steps;
 - smoothness: spectral norm of the one-step Jacobian ∂z'/∂(z, a), by block power iteration;
 - cost: dynamics evaluations per `next()` and per H-step rollout (velocity calls, NFE, for flow);
+- latent spread: total variance and effective rank of the encoded latents (a collapsed
+  encoder, the flow model's failure mode in docs/results.md, shows as both near their floor);
 - flow models only: straightness of the learned flow and the gap between the configured
-  integrator and a fine-grid reference.
+  integrator and a fine-grid reference;
+- with `--simulator`: the model against the real simulator from saved states (simulator.py).
 
 `diagnose()` returns every number as plain JSON-able values, `format_report()` renders them as
 markdown; `--json PATH` writes them atomically."""
@@ -23,6 +26,7 @@ from omegaconf import OmegaConf
 
 from flowpwm import integrators
 from flowpwm.algorithms.pwm import PWM
+from flowpwm.analysis.simulator import format_simulator_report, simulator_checks
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.fileio import atomic_write_text, json_text
@@ -249,6 +253,20 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
 
 
 @torch.no_grad()
+def latent_spread(z: torch.Tensor) -> dict:
+    """Spread of a batch of encoded latents (N, D): total variance (trace of the covariance),
+    effective rank (exp of the entropy of the covariance spectrum: 1 = one direction, D = all
+    equal). A collapsed encoder has both near their floor while its one-step errors look small,
+    because every latent (and every target) is close to every other."""
+    z = z.reshape(-1, z.shape[-1]).double()
+    ev = torch.linalg.eigvalsh(torch.cov(z.T)).clamp(min=0)
+    total = ev.sum()
+    p = ev / total if total > 0 else torch.ones_like(ev) / len(ev)
+    erank = torch.exp(-(p * torch.log(p.clamp(min=1e-300))).sum()) if total > 0 else torch.tensor(0.0)
+    return {"total_variance": total.item(), "effective_rank": erank.item()}
+
+
+@torch.no_grad()
 def termination_accuracy(wm, buffer: ReplayBuffer, transitions: int, seed: int = 0) -> dict:
     """The termination head on one-step transitions from the buffer: σ(logit) > 0.5 at the
     latent next() reaches, against the recorded `terminated` flags. Terminal steps are rare
@@ -298,19 +316,20 @@ def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,
     r = open_loop_errors(wm, batch["obs"], batch["action"], batch["reward"])
     with torch.no_grad():
         v_enc, v_pred = (agent.critic.min_value(r[k]).mean().item() for k in ("last_encoded", "last_predicted"))
-        z0 = wm.encode(batch["obs"][0])
+        z0, z1 = wm.encode(batch["obs"][0]), wm.encode(batch["obs"][1])
     a0 = batch["action"][0]
     sigma = jacobian_spectral_norm(wm, z0, a0, iters=spectral_iters, seed=seed)
     esnr = checkpoint_esnr(agent, buffer, seed=seed)
     out = {
         "run_dir": str(run_dir), "checkpoint": str(ckpt), "alg": str(agent.cfg.name), "kind": wm.kind,
         "epoch": int(state.get("epoch", -1)), "env_steps": int(state.get("env_steps", -1)),
-        "slices": int(slices), "seed": int(seed), "horizon": int(H),
+        "slices": int(slices), "seed": int(seed), "horizon": int(H), "latent_dim": int(z0.shape[-1]),
         "open_loop": {k: r[k] for k in ("latent_mse", "reward_abs_err", "min_latent")},
         "critic_value": {"encoded": v_enc, "predicted": v_pred},
         "jacobian_spectral_norm": {**_stats(sigma), "iters": int(spectral_iters)},
         "nfe": count_nfe(wm, z0, a0, H),
         "esnr": esnr,
+        "latent": {**latent_spread(z0), "step_median": (z1 - z0).norm(dim=-1).median().item()},
         "flow": None,
         "termination": termination_accuracy(wm, buffer, 8 * slices, seed) if agent.episodic else None,
     }
@@ -334,8 +353,11 @@ def format_report(d: dict) -> str:
     for h in sorted(h for h in {1, 2, 4, 8, 16, H} if h <= H):
         lines.append(f"| {h} | {ol['latent_mse'][h - 1]:.2e} | {ol['reward_abs_err'][h - 1]:.4f} "
                      f"| {ol['min_latent'][h - 1]:+.3f} |")
-    cv, js, nfe = d["critic_value"], d["jacobian_spectral_norm"], d["nfe"]
-    lines += ["", (f"critic value at encoded vs predicted latent after {H} steps: "
+    cv, js, nfe, lat = d["critic_value"], d["jacobian_spectral_norm"], d["nfe"], d["latent"]
+    lines += ["", (f"encoded latents: total variance {lat['total_variance']:.4f}, effective rank "
+                   f"{lat['effective_rank']:.1f} of {d['latent_dim']}, median one-step distance "
+                   f"‖z1 − z0‖ {lat['step_median']:.4f}"),
+              "", (f"critic value at encoded vs predicted latent after {H} steps: "
                    f"{cv['encoded']:.2f} vs {cv['predicted']:.2f}"), "",
               "| diagnostic | mean | median | max |", "|---|---:|---:|---:|",
               (f"| one-step Jacobian spectral norm ‖∂z'/∂(z,a)‖₂ | {js['mean']:.4g} | {js['median']:.4g} "
@@ -392,6 +414,16 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
     return "\n".join([head, "|---|---:|---:|---:|---|---:|---:|---:|---:|", *rows]) + note
 
 
+def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0) -> dict:
+    """`simulator_checks` for a run: its agent against a fresh env of its task, `states` saved states."""
+    from flowpwm.envs import make_env  # imports the simulators: only when asked for
+
+    agent, _, _ = load_agent(run_dir_or_ckpt, buffer=False)
+    cfg = OmegaConf.load(RunDir(resolve_run(run_dir_or_ckpt)[0]).config)
+    torch.manual_seed(seed)  # the stochastic policy that reaches the saved states
+    return simulator_checks(agent, make_env(cfg.env.task, states, seed=int(cfg.seed) + 20_000 + seed), seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flowpwm diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -402,10 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fine-substeps", type=int, default=None,
                    help="Heun steps of the reference flow path (flow straightness, integrator gap); "
                         "default: enough to resolve the model's τ features")
+    p.add_argument("--simulator", type=int, default=0, metavar="STATES",
+                   help="also check the model against the real simulator from STATES saved states "
+                        "(action sensitivity ∂z'/∂a, imagined vs real return); 0: skip")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every number as JSON")
     args = p.parse_args(argv)
+    if args.simulator < 0:
+        raise UserError(f"--simulator must be >= 0 (saved states to check), got {args.simulator}")
     d = diagnose(args.run, slices=args.slices, seed=args.seed, fine_substeps=args.fine_substeps)
     print(format_report(d))
+    if args.simulator:
+        d["simulator"] = run_simulator_checks(args.run, args.simulator, args.seed)
+        print("\n" + format_simulator_report(d["simulator"]))
     if args.json is not None:
         atomic_write_text(args.json, json_text(d, indent=2) + "\n")
         print(f"wrote {args.json}")

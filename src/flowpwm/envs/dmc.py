@@ -6,6 +6,7 @@ and its 11 custom tasks (envs/dmc_custom.py)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,18 @@ from flowpwm.envs.gl import import_without_required_gl
 from flowpwm.envs.tasksets import CUSTOM_TASKS
 
 DMC_INSTALL = "pip install dm-control==1.0.50 mujoco==3.17.0"
+
+
+class _SettotalmassFilter(logging.Filter):
+    """dm_control 1.0.50's cheetah (and other) XMLs use `settotalmass`, which MuJoCo 3.17
+    deprecates with a warning on every model compile (one per env): harmless, and it buries
+    the training output, so it is dropped; every other absl record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'settotalmass' is deprecated" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_SettotalmassFilter())
 
 # TD-MPC2's short domain names -> dm_control's.
 DOMAIN_ALIASES = {"cup": "ball_in_cup"}
