@@ -13,7 +13,26 @@ def test_fit_wm_trains_both_world_models_and_prints_losses():
         assert r.returncode == 0, r.stderr
         losses = [float(line.split("wm_loss")[1].split()[0]) for line in r.stdout.splitlines() if "wm_loss" in line]
         assert len(losses) == 2 and losses[1] < losses[0]
-        assert "held-out open-loop" in r.stdout
+        assert "open loop on held-out toy episodes" in r.stdout and "effective rank" in r.stdout
+
+
+def test_fit_wm_on_a_runs_replay_buffer(tmp_path):
+    """`fit_wm.buffer=RUN_DIR` fits a fresh world model on a real run's data (its dims, not the
+    toy's), and reports the latent spread a collapsed encoder would show."""
+    from flowpwm.training.online import train
+    from test_training import cfg_for
+
+    run = tmp_path / "run"
+    train(cfg_for("mlp", epochs=3), run, log=lambda *_: None)
+    for alg in ("pwm_tiny", "pwm_tiny_flow"):
+        r = flowpwm("fit-wm", f"alg={alg}", f"fit_wm.buffer={run}", "alg.horizon=4", "fit_wm.batch_size=8",
+                    "fit_wm.iterations=30", "fit_wm.log_every=15")
+        assert r.returncode == 0, r.stderr
+        assert f"open loop on slices of {run}'s buffer" in r.stdout, r.stdout
+        rank = float(r.stdout.split("effective rank ")[1].split(";")[0])
+        assert 1 <= rank <= 64
+    r = flowpwm("fit-wm", f"fit_wm.buffer={tmp_path / 'missing'}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr, r.stderr
 
 
 def test_bad_input_gives_one_clear_line_and_nonzero_exit():

@@ -181,6 +181,7 @@ class FitWm:
     obs_dim: int = key(ge=1)
     action_dim: int = key(ge=1)
     log_every: int = key(ge=1)
+    buffer: str | None = key()  # a run dir: fit on its replay buffer instead of the toy system
 
 
 @dataclass

@@ -30,7 +30,7 @@ from flowpwm.analysis.simulator import format_simulator_report, simulator_checks
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.fileio import atomic_write_text, json_text
-from flowpwm.models.rollout import open_loop_errors, open_loop_from_latents  # noqa: F401 (re-exported)
+from flowpwm.models.rollout import latent_spread, open_loop_errors, open_loop_from_latents  # noqa: F401 (re-exported)
 from flowpwm.rundir import RunDir
 
 FINE_SUBSTEPS = 32  # the fewest reference steps; more when the τ features need them
@@ -253,20 +253,6 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
 
 
 @torch.no_grad()
-def latent_spread(z: torch.Tensor) -> dict:
-    """Spread of a batch of encoded latents (N, D): total variance (trace of the covariance),
-    effective rank (exp of the entropy of the covariance spectrum: 1 = one direction, D = all
-    equal). A collapsed encoder has both near their floor while its one-step errors look small,
-    because every latent (and every target) is close to every other."""
-    z = z.reshape(-1, z.shape[-1]).double()
-    ev = torch.linalg.eigvalsh(torch.cov(z.T)).clamp(min=0)
-    total = ev.sum()
-    p = ev / total if total > 0 else torch.ones_like(ev) / len(ev)
-    erank = torch.exp(-(p * torch.log(p.clamp(min=1e-300))).sum()) if total > 0 else torch.tensor(0.0)
-    return {"total_variance": total.item(), "effective_rank": erank.item()}
-
-
-@torch.no_grad()
 def termination_accuracy(wm, buffer: ReplayBuffer, transitions: int, seed: int = 0) -> dict:
     """The termination head on one-step transitions from the buffer: σ(logit) > 0.5 at the
     latent next() reaches, against the recorded `terminated` flags. Terminal steps are rare
@@ -324,7 +310,7 @@ def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,
         "run_dir": str(run_dir), "checkpoint": str(ckpt), "alg": str(agent.cfg.name), "kind": wm.kind,
         "epoch": int(state.get("epoch", -1)), "env_steps": int(state.get("env_steps", -1)),
         "slices": int(slices), "seed": int(seed), "horizon": int(H), "latent_dim": int(z0.shape[-1]),
-        "open_loop": {k: r[k] for k in ("latent_mse", "reward_abs_err", "min_latent")},
+        "open_loop": {k: r[k] for k in ("latent_mse", "latent_rel_err", "reward_abs_err", "min_latent")},
         "critic_value": {"encoded": v_enc, "predicted": v_pred},
         "jacobian_spectral_norm": {**_stats(sigma), "iters": int(spectral_iters)},
         "nfe": count_nfe(wm, z0, a0, H),
@@ -349,9 +335,11 @@ def format_report(d: dict) -> str:
     ol = d["open_loop"]
     lines = [(f"{d['run_dir']}: {d['alg']} ({d['kind']}) at epoch {d['epoch']}, {d['env_steps']} env steps; "
               f"{d['slices']} replay slices (seed {d['seed']})"), "",
-             "| horizon | latent MSE | reward abs err | min latent entry |", "|---:|---:|---:|---:|"]
+             "| horizon | latent MSE | relative latent error | reward abs err | min latent entry |",
+             "|---:|---:|---:|---:|---:|"]
     for h in sorted(h for h in {1, 2, 4, 8, 16, H} if h <= H):
-        lines.append(f"| {h} | {ol['latent_mse'][h - 1]:.2e} | {ol['reward_abs_err'][h - 1]:.4f} "
+        lines.append(f"| {h} | {ol['latent_mse'][h - 1]:.2e} | {ol['latent_rel_err'][h - 1]:.3f} "
+                     f"| {ol['reward_abs_err'][h - 1]:.4f} "
                      f"| {ol['min_latent'][h - 1]:+.3f} |")
     cv, js, nfe, lat = d["critic_value"], d["jacobian_spectral_norm"], d["nfe"], d["latent"]
     lines += ["", (f"encoded latents: total variance {lat['total_variance']:.4f}, effective rank "
@@ -400,6 +388,8 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
         H = results[0]["horizon"]
         rows.append(f"| {name} | {len(results)} | {mean(lambda r: r['open_loop']['latent_mse'][0]):.2e} "
                     f"| {mean(lambda r: r['open_loop']['latent_mse'][-1]):.2e} "
+                    f"| {mean(lambda r: r['open_loop']['latent_rel_err'][-1]):.3f} "
+                    f"| {mean(lambda r: r['latent']['effective_rank']):.1f} "
                     f"| {mean(lambda r: r['open_loop']['reward_abs_err'][0]):.4f} / "
                     f"{mean(lambda r: r['open_loop']['reward_abs_err'][-1]):.4f} "
                     f"| {mean(lambda r: r['jacobian_spectral_norm']['mean']):.3g} "
@@ -407,11 +397,12 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
                     f"| {mean(lambda r: r['nfe']['per_next']):.0f} |")
     if not rows:
         return None
-    head = (f"| group | checkpoints | latent MSE h=1 | latent MSE h={H} | reward abs err h=1 / {H} "
+    head = (f"| group | checkpoints | latent MSE h=1 | latent MSE h={H} | relative latent error h={H} "
+            f"| latent effective rank | reward abs err h=1 / {H} "
             f"| Jacobian spectral norm | actor-gradient ESNR (dB) | flow straightness (median) | NFE per step |")
     note = (f"\n\nMeans over each group's final checkpoints, {slices} replay slices each "
             f"(`flowpwm diagnose` per run for the full tables).")
-    return "\n".join([head, "|---|---:|---:|---:|---|---:|---:|---:|---:|", *rows]) + note
+    return "\n".join([head, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|", *rows]) + note
 
 
 def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0) -> dict:
