@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 
 # What the test appends to each flowpwm command (later overrides win in Hydra).
 FAST_TRAIN = ("env.num_envs=2 train.seed_steps=40 train.pretrain_iterations=2 train.steps_per_epoch=4 "
-              "train.eval_episodes=1 train.eval_every=1 train.checkpoint_every=1 train.esnr_every=1 "
+              "train.eval_episodes=1 train.eval_every=2 train.checkpoint_every=1 train.esnr_every=1 "
               "train.esnr_samples=2 alg.wm_batch_size=16 alg.wm_iterations=2 alg.actor_batch_size=8 "
               "alg.critic_iterations=1 alg.policy_iterations=2 alg.horizon=4 train.threads=1 "
               "wandb.mode=disabled monitor.progress=off train.plots=false")
@@ -60,9 +61,9 @@ case " $* " in *" --help "*|*" -h "*) exec "$real" "$@" ;; esac
 extra=()
 case ${{1:-}} in
   train|demo)
-    steps=20000  # env steps map to 1-5 tiny epochs, in order, so a resume with a larger budget goes on
+    steps=20000  # env steps map to 1-3 tiny epochs, in order, so a resume with a larger budget goes on
     for a in "$@"; do [[ $a == train.env_steps=* && ${{a#*=}} != *,* ]] && steps=${{a#*=}}; done
-    n=$(( (steps + 10000) / 20000 )); (( n < 1 )) && n=1; (( n > 5 )) && n=5
+    n=$(( (steps + 10000) / 20000 )); (( n < 1 )) && n=1; (( n > 3 )) && n=3
     extra=({FAST_TRAIN} train.env_steps=$((40 + 8 * n))) ;;
   pretrain) extra=({FAST_PRETRAIN}) ;;
   train-policy) extra=({FAST_POLICY}) ;;
@@ -246,7 +247,9 @@ def run_block(b: Block, ws: Path, env: dict[str, str]) -> None:
         cmd = [sys.executable, str(script)]
     else:
         cmd = ["bash", "-c", ("set -eo pipefail\n" if b.exit == 0 else "") + b.code]
+    start = time.monotonic()
     r = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    print(f"{b.where()}: {time.monotonic() - start:.1f} s")  # pytest -s shows each block's time
     out = f"\n--- {b.where()} ---\n{b.code}--- stdout ---\n{r.stdout[-4000:]}--- stderr ---\n{r.stderr[-4000:]}"
     assert r.returncode == b.exit, f"exit status {r.returncode}, expected {b.exit}{out}"
 
