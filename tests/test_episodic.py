@@ -136,6 +136,8 @@ def test_hopper_trains_episodic_and_diagnose_reports_the_termination_head(kind, 
     assert diagnose_main([str(run), "--slices", "16", "--json", str(tmp_path / "d.json")]) == 0
     term = json.loads((tmp_path / "d.json").read_text())["termination"]
     assert term["transitions"] == 128 and 0 <= term["accuracy"] <= 1
+    if term["terminal"]:  # the probability the soft continuation uses, and the head's ranking
+        assert 0 <= term["p_terminal"] <= 1 and 0 <= term["p_other"] <= 1 and 0 <= term["precision_at_k"] <= 1
     assert "termination head on 128 one-step transitions" in capsys.readouterr().out
 
     # The same data with alg.episodic=false ends the run with one line naming the setting.

@@ -256,16 +256,23 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
 def termination_accuracy(wm, buffer: ReplayBuffer, transitions: int, seed: int = 0) -> dict:
     """The termination head on one-step transitions from the buffer: σ(logit) > 0.5 at the
     latent next() reaches, against the recorded `terminated` flags. Terminal steps are rare
-    (one per fallen episode), so recall and the false-alarm rate are reported beside accuracy."""
+    (one per fallen episode), so recall and the false-alarm rate are reported beside accuracy;
+    and, since the actor's soft continuation uses the probability itself, its mean on terminal
+    and on other steps, and precision@k (of the k most likely steps, k = the terminal count,
+    the share that are terminal: the ranking, whatever the calibration)."""
     b = buffer.sample(transitions, 1, generator=torch.Generator().manual_seed(seed + 1))
     z1 = wm.next(wm.encode(b["obs"][0]), b["action"][0])
-    predicted = torch.sigmoid(wm.termination(z1)).flatten() > 0.5
-    true = b["terminated"].flatten() > 0.5
+    p = torch.sigmoid(wm.termination(z1)).flatten()
+    predicted, true = p > 0.5, b["terminated"].flatten() > 0.5
     n_true = int(true.sum())
+    nan = float("nan")
     return {"transitions": int(transitions), "terminal": n_true,
             "accuracy": (predicted == true).float().mean().item(),
-            "recall": (predicted & true).sum().item() / n_true if n_true else float("nan"),
-            "false_alarm": (predicted & ~true).sum().item() / max(int((~true).sum()), 1)}
+            "recall": (predicted & true).sum().item() / n_true if n_true else nan,
+            "false_alarm": (predicted & ~true).sum().item() / max(int((~true).sum()), 1),
+            "p_terminal": p[true].mean().item() if n_true else nan,
+            "p_other": p[~true].mean().item() if n_true < len(p) else nan,
+            "precision_at_k": true[p.argsort(descending=True)[:n_true]].float().mean().item() if n_true else nan}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +372,8 @@ def format_report(d: dict) -> str:
     if term:
         lines += ["", (f"termination head on {term['transitions']} one-step transitions ({term['terminal']} terminal): "
                        f"accuracy {term['accuracy']:.3f}, recall {term['recall']:.3f}, "
-                       f"false alarms {term['false_alarm']:.4f}")]
+                       f"false alarms {term['false_alarm']:.4f}; mean p(terminal) {term['p_terminal']:.3f} on terminal "
+                       f"steps vs {term['p_other']:.4f} on others, precision@k {term['precision_at_k']:.3f}")]
     unit = "velocity calls (NFE)" if d["kind"] == "flow" else "dynamics-network calls"
     lines += ["", (f"{unit}: {nfe['per_next']} per next() (configured: {nfe['expected_per_next']}), "
                    f"{nfe['per_rollout']} per {H}-step rollout"),
