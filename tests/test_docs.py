@@ -150,8 +150,8 @@ def test_zh_tw_and_en_guides_have_the_same_sections_and_the_same_commands(guide)
     en, zh = EN / guide, ZH / guide
     assert headings(en) == headings(zh), f"{guide}: heading levels differ: en {headings(en)} zh-TW {headings(zh)}"
     be, bz = blocks(en), blocks(zh)
-    assert [(b.lang, b.code) for b in be if b.lang != "text"] == [(b.lang, b.code) for b in bz if b.lang != "text"], \
-        f"{guide}: code blocks differ between en and zh-TW"
+    assert [(b.lang, b.code) for b in be] == [(b.lang, b.code) for b in bz], \
+        f"{guide}: code blocks (commands, output examples, diagrams) differ between en and zh-TW"
     assert [(b.mark, b.exit) for b in be] == [(b.mark, b.exit) for b in bz], f"{guide}: test marks differ"
     assert len(be) == len(bz)
 
