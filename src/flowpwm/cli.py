@@ -1,4 +1,4 @@
-"""`flowpwm <command>`: train | demo | fit-wm | parity."""
+"""`flowpwm <command>`: the one entry point (USAGE lists the commands)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ commands:
   train-policy [k=v ...]  one task's policy through a pretrained world model, evaluated in the real
                      env (configs/policy.yaml; e.g. `flowpwm train-policy -m wm=mlp,flow
                      task=cup-spin,pendulum-spin seed=0,1,2 pretrained=SWEEP_DIR`)
-  fit-wm [k=v ...]   fit a world model on the toy oscillator; Hydra overrides, e.g. alg=pwm_tiny
+  fit-wm [k=v ...]   fit a world model alone, on the toy oscillator or a run's replay buffer
+                     (fit_wm.buffer=RUN_DIR); reports losses, open-loop error and latent spread
   check-config [-m] [--no-hardware] [k=v ...]   compose and check the config (each sweep job's with -m)
                      as `train` would, without running anything; one line per problem, exit 2
   parity [options]   baseline vs flow parameter counts (--help for options)
   results [options]  eval return vs env steps for groups of runs (--help for options)
-  diagnose RUN_DIR|CHECKPOINT  open-loop error vs horizon, flow straightness, NFE, Jacobian norm (--help)
+  diagnose RUN_DIR|CHECKPOINT  open-loop error vs horizon, latent spread, flow straightness, NFE,
+                     Jacobian norm, ESNR; --simulator N: against the real simulator (--help)
   plot RUN_DIR       learning curves, losses, gradient norms/ESNR, summary as PNG/SVG (--help)
   compare [options]  multi-seed comparison of run groups: curves with 95 % bands, mean/IQM with
                      bootstrap CIs, Welch / Mann-Whitney tests, report.md + report.html (--help)

@@ -127,9 +127,9 @@ def compute_wm_loss(
         return (per_step * weights).sum() / H
 
     if wm.kind == "flow":
-        metrics["flow_matching_loss"] = over_steps(dynamics).item()
+        metrics["flow_matching_loss"] = over_steps(dynamics).detach()
         if consistency_coef > 0:
-            metrics["consistency_loss"] = over_steps(consistency).item()
+            metrics["consistency_loss"] = over_steps(consistency).detach()
             dynamics = dynamics + consistency_coef * consistency
         metrics["nfe"] = wm.nfe - nfe0
 
@@ -140,10 +140,10 @@ def compute_wm_loss(
         bce = F.binary_cross_entropy_with_logits(wm.termination(reached, task), terminated.float(), reduction="none")
         termination_loss = over_steps(bce.squeeze(-1))
         loss = loss + termination_coef * termination_loss
-        metrics["termination_loss"] = termination_loss.item()
-    metrics.update(
-        wm_loss=loss.item(), dynamics_loss=dynamics_loss.item(), reward_loss=reward_loss.item()
-    )
+        metrics["termination_loss"] = termination_loss.detach()
+    # Detached tensors, not floats: a float is a host-device sync per metric per update on a GPU;
+    # the caller converts (PWM._metric, once per epoch with perf.device_metrics).
+    metrics.update(wm_loss=loss.detach(), dynamics_loss=dynamics_loss.detach(), reward_loss=reward_loss.detach())
     return loss, metrics
 
 

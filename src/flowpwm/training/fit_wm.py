@@ -62,6 +62,7 @@ def fit_world_model(cfg: DictConfig, log=print) -> dict[str, float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(wm.parameters(), alg.wm_grad_norm)
         opt.step()
+        metrics = {k: float(v) for k, v in metrics.items()}  # one sync per update: fit-wm is a CPU check
         if it % fit.log_every == 0 or it == fit.iterations:
             log(f"  iter {it:5d}  wm_loss {metrics['wm_loss']:.4f}  dynamics {metrics['dynamics_loss']:.5f}"
                 f"  reward {metrics['reward_loss']:.4f}  ({time.perf_counter() - start:.1f}s)")

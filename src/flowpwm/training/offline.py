@@ -62,7 +62,7 @@ def held_out_metrics(agent: PWM, held: OfflineDataset, batch_size: int, seed: in
         _, losses = agent.compute_wm_loss(b["obs"], b["action"], b["reward"], b["task"],
                                           b["terminated"] if episodic else None)
         err = open_loop_errors(agent.wm, b["obs"], b["action"], b["reward"], b["task"])
-    out = {f"heldout_{k}": v for k, v in losses.items()}
+    out = {f"heldout_{k}": float(v) for k, v in losses.items()}
     out.update({"heldout_latent_mse_h1": err["latent_mse"][0], f"heldout_latent_mse_h{H}": err["latent_mse"][-1],
                 "heldout_reward_err_h1": err["reward_abs_err"][0], f"heldout_reward_err_h{H}": err["reward_abs_err"][-1]})
     return out
