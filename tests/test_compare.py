@@ -253,6 +253,8 @@ def test_report_includes_world_model_diagnostics_of_runs_with_checkpoints(tmp_pa
     section = report.split("World-model diagnostics", 1)[1]
     mlp_row = next(line for line in section.splitlines() if line.startswith("| mlp |"))
     flow_row = next(line for line in section.splitlines() if line.startswith("| flow |"))
-    assert mlp_row.split("|")[8].strip() == "–" and float(flow_row.split("|")[8]) >= 0  # straightness: flow only
-    assert all(-130 < float(row.split("|")[7]) < 130 for row in (mlp_row, flow_row))  # ESNR dB
+    assert mlp_row.split("|")[10].strip() == "–" and float(flow_row.split("|")[10]) >= 0  # straightness: flow only
+    assert all(-130 < float(row.split("|")[9]) < 130 for row in (mlp_row, flow_row))  # ESNR dB
+    # the latent spread beside the errors: relative error >= 0, effective rank within 1..latent dim
+    assert all(float(row.split("|")[5]) >= 0 and 1 <= float(row.split("|")[6]) <= 64 for row in (mlp_row, flow_row))
     assert "World-model diagnostics" in (out / "report.html").read_text()
