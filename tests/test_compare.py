@@ -258,3 +258,24 @@ def test_report_includes_world_model_diagnostics_of_runs_with_checkpoints(tmp_pa
     # the latent spread beside the errors: relative error >= 0, effective rank within 1..latent dim
     assert all(float(row.split("|")[5]) >= 0 and 1 <= float(row.split("|")[6]) <= 64 for row in (mlp_row, flow_row))
     assert "World-model diagnostics" in (out / "report.html").read_text()
+
+
+def test_reference_scores_normalise_each_task_so_tasks_pool(tmp_path, capsys):
+    """`--reference TASK=SCORE`: each run's final return over its task's reference score, pooled
+    over tasks (the dev-set figure: mean normalised return with a task-stratified CI)."""
+    runs = [make_run(tmp_path, f"{task}{seed}", final, seed, task=task)
+            for task, finals in (("cheetah-run", (259.5, 519.0)), ("finger-spin", (474.0, 948.0)))
+            for seed, final in enumerate(finals)]
+    out = tmp_path / "cmp"
+    assert main(["--group", "mlp", *map(str, runs), "--reference", "cheetah-run=519", "finger-spin=948",
+                 "--out", str(out), "--bootstrap", "200", "--diagnose-slices", "0"]) == 0
+    summary = read_csv(out / "summary.csv")[0]
+    assert float(summary["mean"]) == pytest.approx(0.75)  # (0.5 + 1.0 + 0.5 + 1.0) / 4
+    assert "normalised return" in (out / "report.md").read_text() and (out / "learning_curves.png").is_file()
+    assert "mixes tasks" not in capsys.readouterr().out  # normalised returns pool across tasks by design
+
+    for bad, hint in ((["cheetah-run=519"], "no score for task 'finger-spin'"), (["cheetah-run"], "TASK=SCORE"),
+                      (["cheetah-run=-1", "finger-spin=948"], "positive score")):
+        with pytest.raises(UserError, match=hint):
+            main(["--group", "mlp", *map(str, runs), "--reference", *bad, "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

@@ -59,6 +59,10 @@ class Measure:
 
 RETURNS = Measure("eval_return", "env_steps", TASK_KEY, "eval return", "env steps", ("eval_return", "esnr_db", "wm_loss"))
 SCORES = Measure("eval_score", "iteration", "task", "normalised score", "iterations", ("eval_score", "esnr_db"))
+# Online runs with --reference TASK=SCORE: each eval return divided by its task's reference
+# score (e.g. TD-MPC2's return at the same budget), so tasks of different scales pool.
+NORMALISED = Measure("eval_normalised", "env_steps", TASK_KEY, "normalised return (÷ reference)", "env steps",
+                     ("eval_normalised", "esnr_db", "wm_loss"))
 
 
 def is_policy_run(config: dict) -> bool:
@@ -158,6 +162,37 @@ def measure_of(groups: list[Group]) -> Measure:
         raise UserError(f"per-task policy runs (e.g. {policy}) and online runs (e.g. {online}) cannot be compared in "
                         f"one report (normalised score over tasks vs eval return): compare each kind alone")
     return SCORES if kinds == {True} else RETURNS
+
+
+def parse_references(items: Sequence[str]) -> dict[str, float]:
+    """`--reference TASK=SCORE ...` -> {task: score}; one clear error per bad item."""
+    refs = {}
+    for item in items:
+        task, sep, score = item.partition("=")
+        try:
+            value = float(score)
+        except ValueError:
+            value = math.nan
+        if not sep or not task or not math.isfinite(value) or value <= 0:
+            raise UserError(f"--reference {item}: give TASK=SCORE with a positive score, e.g. cheetah-run=519")
+        refs[task] = value
+    return refs
+
+
+def normalise(groups: list[Group], references: dict[str, float]) -> Measure:
+    """Adds `eval_normalised` = eval_return / the run's task's reference to every eval record
+    (in memory; metrics.jsonl is not touched) and returns the measure that compares it."""
+    if measure_of(groups) is not RETURNS:
+        raise UserError("--reference normalises online runs' eval returns; per-task policy runs are compared by "
+                        "their normalised score already: leave --reference out")
+    for g in groups:
+        for run, task in zip(g.runs, g.tasks):
+            if task not in references:
+                raise UserError(f"--reference has no score for task {task!r} ({run.path}): add {task}=SCORE")
+            for r in run.metrics:
+                if isinstance(r.get("eval_return"), (int, float)):
+                    r["eval_normalised"] = r["eval_return"] / references[task]
+    return NORMALISED
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -354,8 +389,8 @@ class Comparison:
 CURVE_KEYS = RETURNS.curve_keys
 
 
-def aggregate(loaded: list[Group], settings: Settings) -> Comparison:
-    measure = measure_of(loaded)
+def aggregate(loaded: list[Group], settings: Settings, measure: Measure | None = None) -> Comparison:
+    measure = measure or measure_of(loaded)
     per_group = {g.name: group_summary(g, gi, settings, measure) for gi, g in enumerate(loaded)}
     notes = metrics_notes([r for g in loaded for r in g.runs])
     notes += [n for g in loaded for n in group_notes(g, per_group[g.name], settings.final_window, measure)]
@@ -400,7 +435,7 @@ def group_summary(g: Group, gi: int, s: Settings, measure: Measure = RETURNS) ->
         "peak_rss_mib": float(max(rss)) if rss else math.nan,
         "final_esnr_db": _nanmean([_last(r, "esnr_db") for r in g.runs]),
     }
-    if measure is RETURNS:
+    if measure.x == "env_steps":
         out["final_env_steps"] = out["final_steps"]  # the name compare_runs has always returned
     return out
 
@@ -421,7 +456,7 @@ def group_notes(g: Group, summary: dict, final_window: int, measure: Measure = R
     dup = sorted({(f"{t} " if t else "") + s for t, s in keys if keys.count((t, s)) > 1})
     if dup:
         notes.append(f"warning: group {g.name!r} repeats seed(s) {', '.join(dup)}: its runs may not be independent")
-    if len(set(g.tasks)) > 1 and measure is RETURNS:
+    if len(set(g.tasks)) > 1 and measure is RETURNS:  # (NORMALISED pools tasks by design)
         notes.append(f"warning: group {g.name!r} mixes tasks ({', '.join(sorted(set(g.tasks)))}): raw returns "
                      f"are pooled across tasks (bootstrap stratified by task)")
     if min(steps) != max(steps):
@@ -492,10 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     groups = _groups(args)
     settings = Settings.checked(args.smooth, args.final_window, args.bootstrap, args.seed)
-    c = aggregate(load_groups(groups), settings)  # a run that cannot be compared stops here
+    loaded = load_groups(groups)  # a run that cannot be compared stops here
+    references = parse_references(args.reference or [])
+    c = aggregate(loaded, settings, normalise(loaded, references) if references else None)
     extra = []
     with_checkpoints = any(RunDir(d).has_checkpoint() for dirs in groups.values() for d in dirs)
-    if args.diagnose_slices > 0 and with_checkpoints and c.measure is RETURNS:  # policy runs keep no replay data  # diagnostics load models: only then torch
+    # Diagnostics load models (only then is torch imported); policy runs keep no replay data.
+    if args.diagnose_slices > 0 and with_checkpoints and c.measure is not SCORES:
         from flowpwm.analysis.diagnostics import group_table
 
         table = group_table(groups, slices=args.diagnose_slices, seed=args.seed)
@@ -523,6 +561,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--final-window", type=int, default=1, metavar="K",
                    help="final return = mean of the last K evals (default 1)")
     p.add_argument("--bootstrap", type=int, default=10000, metavar="N", help="bootstrap resamples (default 10000)")
+    p.add_argument("--reference", nargs="+", metavar="TASK=SCORE",
+                   help="compare eval return / SCORE of each run's task (e.g. TD-MPC2's return at the same "
+                        "budget: cheetah-run=519 finger-spin=948); every task needs one")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("comparison"), help="output directory (default comparison/)")
     p.add_argument("--diagnose-slices", type=int, default=256, metavar="N",
@@ -555,8 +596,8 @@ def _print_summary(c: Comparison) -> None:
         print(note)
     width = max(len(n) for n in c.per_group)
     what = f"{c.measure.label} over {len({t for g in c.groups for t in g.tasks})} tasks x seeds: " \
-        if c.measure is SCORES else ""
-    digits = 3 if c.measure is SCORES else 1
+        if c.measure in (SCORES, NORMALISED) else ""
+    digits = 3 if c.measure in (SCORES, NORMALISED) else 1
     for name, g in c.per_group.items():
         print(f"{name:<{width}}  n={g['n']:<3d} {what}mean {fmt_ci(g['mean'], g['mean_ci'], digits)}  "
               f"IQM {fmt_ci(g['iqm'], g['iqm_ci'], digits)}")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 CURVE_FIGURES = {  # metric: (file, y label, title, log y, report heading)
     "eval_return": ("learning_curves.png", "eval return", "Eval return", False, "Learning curves"),
     "eval_score": ("learning_curves.png", "normalised score", "Normalised score", False, "Learning curves"),
+    "eval_normalised": ("learning_curves.png", "eval return / reference", "Normalised return", False,
+                        "Learning curves"),
     "esnr_db": ("esnr_db.png", "ESNR (dB)", "Actor-gradient ESNR", False, "ESNR of the actor gradient"),
     "wm_loss": ("wm_loss.png", "world-model loss", "World-model loss", True, "World-model loss"),
 }
