@@ -124,11 +124,30 @@ def test_hash_mismatch_is_refused_before_unpickling(tmp_path: Path):
     msg = str(info.value)
     assert "\n" not in msg and "abababababab" in msg and "differs" in msg and "flowpwm data manifest" in msg
     assert not marker.exists()
-    # The crafted pickle does execute once trusted: the refusals above are what kept it from running.
+    # 3. Trusted by the user's manifest, and still not run: a trusted chunk goes through torch's
+    #    restricted unpickler, which lets in only tensordict and torch classes.
     record(root)
-    with pytest.raises(Exception):
-        load_dataset(root)  # torch's restricted unpickler refuses it, the full one runs it, then it is no chunk
-    assert marker.exists()
+    with pytest.raises(UserError) as info:
+        load_dataset(root)
+    msg = str(info.value)
+    assert "\n" not in msg and "refused to unpickle" in msg and "nothing in it was run" in msg
+    assert not marker.exists()
+
+
+def test_a_chunk_naming_tensordict_globals_loads_through_the_restricted_unpickler(tmp_path: Path):
+    """Older tensordict versions pickled TensorDict pieces by name; tensordict globals outside
+    torch's allowlist are let in (and only those, test above)."""
+    from tensordict.utils import expand_as_right
+
+    from flowpwm.data.tdmpc2 import _unpickle
+
+    path = tmp_path / "chunk_0.pt"
+    torch.save({"td": TensorDict({"obs": torch.ones(2, 3)}, batch_size=(2,)), "fn": expand_as_right}, path)
+    with open(path, "rb") as f:
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(f) == ["tensordict.utils.expand_as_right"]
+        f.seek(0)
+        out = _unpickle(f, path.name)
+    assert out["fn"] is expand_as_right and torch.equal(out["td"]["obs"], torch.ones(2, 3))
 
 
 def test_published_hashes_are_trusted_without_a_manifest(tmp_path: Path):

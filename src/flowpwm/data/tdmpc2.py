@@ -12,11 +12,15 @@ through that same handle, checked, and only then unpickled from it:
   after a trusted download writes DIR/MANIFEST.sha256.json, the format of
   `reproducibility.DatasetVerifier`); a listed file with another hash is refused even if published;
 - anything else is refused with one line, and nothing is unpickled.
+
+A trusted file is still read by torch's restricted (weights-only) unpickler, which lets in only
+tensordict and torch globals: a manifest made over a bad download cannot run code either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import pickle
 import re
@@ -116,17 +120,40 @@ def _natural_key(p: Path) -> list[Any]:
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
 
 
-def _unpickle(f: IO[bytes], name: str) -> Any:
-    # The file is trusted by now; still prefer torch's restricted unpickler, and fall back to the
-    # full one only for pickles it refuses (TensorDicts written by older tensordict versions).
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        f.seek(0)
+# What a chunk's pickle may reference beyond torch's weights-only defaults: the TensorDict (and
+# torch) classes older tensordict versions pickled by name. Anything else is refused unread.
+CHUNK_GLOBAL_MODULES = ("tensordict.", "torch.")
+
+
+def _resolve(qualified: str) -> Any:
+    """'tensordict._td.TensorDict' -> the class (the longest importable module prefix, then attributes)."""
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
         try:
-            return torch.load(f, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as e:
-            raise UserError(f"{name}: reading TD-MPC2 chunks needs tensordict: {TENSORDICT_INSTALL} ({e})") from e
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(qualified)
+
+
+def _unpickle(f: IO[bytes], name: str) -> Any:
+    """A trusted chunk, still through torch's restricted unpickler: the globals it names are
+    listed without unpickling, and only tensordict/torch ones are allowed in."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(f)
+    except (RuntimeError, pickle.UnpicklingError, ValueError) as e:
+        raise UserError(f"{name}: not a torch.save file ({str(e).splitlines()[0][:120]})") from None
+    foreign = [g for g in needed if not g.startswith(CHUNK_GLOBAL_MODULES)]
+    if foreign:
+        raise UserError(f"{name}: refused to unpickle: it would load {foreign[0]}, which no TD-MPC2 chunk holds "
+                        f"(only tensordict and torch classes are allowed); nothing in it was run")
+    f.seek(0)
+    try:
+        with torch.serialization.safe_globals([_resolve(g) for g in needed]):
+            return torch.load(f, map_location="cpu", weights_only=True)
     except ModuleNotFoundError as e:
         raise UserError(f"{name}: reading TD-MPC2 chunks needs tensordict: {TENSORDICT_INSTALL} ({e})") from e
 
