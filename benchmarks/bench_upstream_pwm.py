@@ -24,6 +24,20 @@ import sys
 
 OBS, ACT, H = 17, 6, 16
 
+# The timing loop both child scripts end with (each runs in its own interpreter, so it is text):
+# FNS (name, call) pairs, `warmup` untimed calls, then `reps` timed ones; JSON on stdout.
+TIMED = r"""
+out = {"params": sum(p.numel() for p in agent.wm.parameters())}
+for name, fn in FNS:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = clock(); fn(); ts.append(clock() - t)
+    out[name] = ts
+print(json.dumps(out))
+"""
+
 # Runs in the upstream interpreter: builds upstream's agent exactly as its own configs do.
 UPSTREAM = r"""
 import json, os, sys, time
@@ -47,16 +61,8 @@ def wm():
     agent.wm_optimizer.step()
 def full():
     agent.update(obs, act, rew, None, finetune_wm=True)
-out = {"params": sum(p.numel() for p in agent.wm.parameters())}
-for name, fn in (("wm_update", wm), ("update", full)):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = clock(); fn(); ts.append(clock() - t)
-    out[name] = ts
-print(json.dumps(out))
-""" % {"H": H, "OBS": OBS, "ACT": ACT}
+FNS = (("wm_update", wm), ("update", full))
+""" % {"H": H, "OBS": OBS, "ACT": ACT} + TIMED
 
 OURS = r"""
 import json, sys, time
@@ -71,16 +77,8 @@ cfg = compose(["alg=pwm_5M", "alg.horizon=%(H)d", f"alg.world_model.num_bins={bi
 torch.manual_seed(0)
 agent = PWM(cfg.alg, %(OBS)d, %(ACT)d, perf=cfg.perf)
 obs, act, rew = torch.randn(%(H)d + 1, batch, %(OBS)d), torch.rand(%(H)d, batch, %(ACT)d) * 2 - 1, torch.randn(%(H)d, batch, 1)
-out = {"params": sum(p.numel() for p in agent.wm.parameters())}
-for name, fn in (("wm_update", lambda: agent.update_world_model(obs, act, rew)), ("update", lambda: agent.update(obs, act, rew))):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = clock(); fn(); ts.append(clock() - t)
-    out[name] = ts
-print(json.dumps(out))
-""" % {"H": H, "OBS": OBS, "ACT": ACT}
+FNS = (("wm_update", lambda: agent.update_world_model(obs, act, rew)), ("update", lambda: agent.update(obs, act, rew)))
+""" % {"H": H, "OBS": OBS, "ACT": ACT} + TIMED
 
 
 def run(cmd: list[str], what: str) -> dict:

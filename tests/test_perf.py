@@ -9,7 +9,8 @@ import torch
 from flowpwm import perf
 from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import compose, load_alg
-from flowpwm.training.online import OnlineTrainer, averaged
+from flowpwm.perf import host_means
+from flowpwm.training.online import OnlineTrainer
 
 FAST = ["env.num_envs=2", "train.seed_steps=40", "train.pretrain_iterations=2", "train.steps_per_epoch=4",
         "train.eval_episodes=1", "train.eval_every=1", "train.checkpoint_every=1", "alg.wm_batch_size=16",
@@ -82,12 +83,12 @@ def test_device_metrics_alone_change_nothing(tmp_path):
         assert torch.equal(p_on[k], p_off[k]), k
 
 
-def test_averaged_brings_tensor_metrics_to_the_host_as_floats():
+def test_host_means_brings_tensor_metrics_to_the_host_as_floats():
     updates = [{"a": torch.tensor(1.0), "b": 2.0, "nfe": 4}, {"a": torch.tensor(3.0, dtype=torch.float64), "b": 4.0,
                                                             "nfe": 4}]
-    out = averaged(updates)
+    out = host_means(updates)
     assert out == {"a": 2.0, "b": 3.0, "nfe": 4.0} and all(type(v) is float for v in out.values())
-    assert averaged([]) == {}
+    assert host_means([]) == {}
 
 
 def test_perf_auto_resolves_per_device():

@@ -34,7 +34,7 @@ from unittest import mock
 
 import pytest
 
-from slurm_cluster import SlurmCluster, clean_env, install_slurm
+from slurm_cluster import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "cluster" / "submit_job.sh"
@@ -177,19 +177,6 @@ def test_config_resume_follows_the_launchers_flowpwm_resume():
 
 
 # -- with Slurm ----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    why = install_slurm()
-    if why:
-        pytest.skip(why)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def job_env(cluster) -> dict[str, str]:
     """The environment jobs are submitted with: this interpreter's environment (its virtualenv
     is what the scripts activate; its bin directory leads PATH), one thread per process."""

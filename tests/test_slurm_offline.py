@@ -15,7 +15,7 @@ import pytest
 from flowpwm.config import compose
 from flowpwm.data.export import export_runs
 from flowpwm.rundir import RunDir
-from slurm_cluster import SlurmCluster, clean_env, install_slurm
+from slurm_cluster import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI = REPO / "cluster" / "slurm_multi_gpu.sh"
@@ -32,19 +32,6 @@ POLICY = ["policy.iterations=4", "policy.log_every=2", "policy.eval_every=4", "p
           "policy.esnr_every=0", "policy.eval_episodes=1", "policy.eval_envs=1", "alg.horizon=4",
           "alg.actor_batch_size=8", "alg.critic_iterations=1", "device=cpu", *QUIET]
 WAIT = 420
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    why = install_slurm()
-    if why:
-        pytest.skip(why)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

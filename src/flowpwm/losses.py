@@ -126,14 +126,15 @@ def compute_wm_loss(
             per_step = (per_sample * alive).sum(-1) / alive.sum(-1).clamp(min=1)
         return (per_step * weights).sum() / H
 
+    dynamics_loss = over_steps(dynamics)  # MLP: the latent rollout MSE; flow: flow matching
     if wm.kind == "flow":
-        metrics["flow_matching_loss"] = over_steps(dynamics).detach()
+        metrics["flow_matching_loss"] = dynamics_loss.detach()
         if consistency_coef > 0:
-            metrics["consistency_loss"] = over_steps(consistency).detach()
-            dynamics = dynamics + consistency_coef * consistency
+            consistency_loss = over_steps(consistency)
+            metrics["consistency_loss"] = consistency_loss.detach()
+            dynamics_loss = dynamics_loss + consistency_coef * consistency_loss
         metrics["nfe"] = wm.nfe - nfe0
 
-    dynamics_loss = over_steps(dynamics)
     reward_loss = over_steps(wm.reward_loss(wm.reward(sources, action, task), reward))
     loss = dynamics_coef * dynamics_loss + reward_coef * reward_loss
     if wm.episodic:

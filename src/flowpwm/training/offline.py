@@ -23,13 +23,14 @@ from flowpwm.config import UserError
 from flowpwm.data.dataset import OfflineDataset
 from flowpwm.envs.tasksets import get_task_set
 from flowpwm.models.rollout import open_loop_errors
+from flowpwm.perf import host_means
 from flowpwm.reproducibility import rng_state, set_rng_state, set_seed, write_run_metadata
 from flowpwm.rundir import RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
 from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
                                              manifest_file, open_wandb, parity_line, resume_changes, split_held_out,
                                              total_epochs)
-from flowpwm.training.online import averaged, rss_mib
+from flowpwm.training.online import rss_mib
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir
 
@@ -164,7 +165,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
                         updates.append(agent.update_world_model(b["obs"], b["action"], b["reward"], b["task"],
                                                                 b["terminated"] if episodic else None))
                     iteration += n
-                    record = averaged(updates)
+                    record = host_means(updates)
                     bad = sorted(k for k, v in record.items() if not math.isfinite(v))
                     if bad:
                         raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {iteration}; the last "

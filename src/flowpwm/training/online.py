@@ -45,12 +45,6 @@ def resolve_episodic(setting, env) -> bool:
     return bool(env.can_terminate) if str(setting) == "auto" else str(setting).lower() == "true"
 
 
-def averaged(updates) -> dict[str, float]:
-    """Mean of each metric over several updates' metric dicts, as floats: device-tensor metrics
-    (perf.device_metrics) reach the host here, in one transfer."""
-    return host_means(updates)
-
-
 class OnlineTrainer:
     def __init__(self, cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=None):
         """Everything that can be refused (the run dir, a resume's config changes, the task) is
@@ -146,12 +140,12 @@ class OnlineTrainer:
                 return self.agent.update_world_model(obs, action, reward)
             return self.agent.update_world_model(obs, action, reward, terminated=terminated, mask=mask)
 
-        return averaged(update(*self.sample(batch, through_terminal=episodic)) for _ in range(iterations))
+        return host_means(update(*self.sample(batch, through_terminal=episodic)) for _ in range(iterations))
 
     def update_policy(self, iterations: int) -> dict[str, float]:
         """Actor + critic updates, each from fresh real start states."""
         batch = int(self.cfg.alg.actor_batch_size)
-        return averaged(self.agent.update_policy(self.sample(batch)[0][0]) for _ in range(iterations))
+        return host_means(self.agent.update_policy(self.sample(batch)[0][0]) for _ in range(iterations))
 
     def measure_esnr(self) -> dict[str, float]:
         """ESNR of the actor gradient from M independent micro-batches of start states, same

@@ -29,6 +29,7 @@ from flowpwm.envs.multitask import make_multitask_env
 from flowpwm.envs.tasksets import TaskSet, get_task_set
 from flowpwm.esnr import ESNRTracker
 from flowpwm.fileio import atomic_write_text
+from flowpwm.perf import host_means
 from flowpwm.reproducibility import rng_state, set_rng_state, set_seed, write_run_metadata
 from flowpwm.rundir import PRETRAINED, RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
@@ -36,7 +37,7 @@ from flowpwm.training.offline import KIND as PRETRAIN_KIND, masked_batch
 from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
                                              manifest_file, open_wandb, parity_line, resume_changes, subset,
                                              total_epochs)
-from flowpwm.training.online import ESNR_KEYS, averaged, rss_mib
+from flowpwm.training.online import ESNR_KEYS, rss_mib
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir
 
@@ -293,7 +294,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
                                                                   b["terminated"] if pre.episodic else None)
                         updates.append({**wm_metrics, **agent.update_policy(start_states(gen), task_id)})
                         iteration += 1
-                    record = averaged(updates)
+                    record = host_means(updates)
                     bad = sorted(k for k, v in record.items() if not math.isfinite(v))
                     if bad:
                         raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {iteration}; the last "
