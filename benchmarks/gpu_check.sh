@@ -15,7 +15,7 @@
 #   parity  gpu_parity.py: CPU vs CUDA (eager, same weights, batches and random numbers), eager vs
 #           compiled + CUDA graphs + fused Adam + device metrics, TF32 on vs off (info)
 #   train   `flowpwm train` on CUDA, tiny configs, Hopper-v5 (a gymnasium MuJoCo task: dm_control's
-#           wheel is not carried): both world models at the perf defaults, the flow one with perf.compile=true
+#           wheel is not carried): both world models at the perf defaults
 #   epoch   bench_epoch.py, pwm_5M pair, Hopper-v5, 64 envs: s/epoch eager, defaults, all knobs
 # The last lines are a summary. Under $OUT (or /tmp/gpu_check): gpu_check.log, summary.txt and the
 # benchmarks' JSON (5 files: the device tool brings back 8); run dirs and train logs in /tmp/gpu_check_work.
@@ -98,16 +98,17 @@ stage_parity() {
 }
 stage_train() {
   local rc=0
-  for run in pwm_tiny:defaults pwm_tiny_flow:defaults pwm_tiny_flow:compile; do
+  # perf defaults (eager on CUDA, with fused Adam, TF32, device metrics); the compiled paths are
+  # the parity stage's (CPU-vs-CUDA and eager-vs-compiled on the same batches)
+  for run in pwm_tiny:defaults pwm_tiny_flow:defaults; do
     local alg=${run%%:*} perf=${run##*:}
     {
-      local extra=(); [[ $perf == compile ]] && extra=(perf.compile=true)
       local dir=$WORK/runs/${alg}_$perf log=$WORK/train_${alg}_$perf.log
       rm -rf "$dir"
       "$PY" -m flowpwm.cli train alg=$alg device="$DEVICE" env.task=Hopper-v5 env.num_envs=16 train.seed_steps=512 \
         train.pretrain_iterations=10 train.env_steps=2048 train.eval_every=4 train.eval_episodes=2 \
         train.esnr_every=4 train.esnr_samples=4 train.plots=false wandb.mode=disabled monitor.progress=off \
-        train.threads=4 hydra.run.dir="$dir" "${extra[@]}" >"$log" 2>&1
+        train.threads=4 hydra.run.dir="$dir" >"$log" 2>&1
       local r=$?
       ((r != 0)) && { echo "--- the end of $log:"; tail -n 25 "$log"; }
       "$PY" - "$dir" "$alg $perf" "$r" <<'EOF' | tee -a "$SUMMARY"
@@ -137,7 +138,9 @@ stage_epoch() {
 
 export PY DEVICE OUTDIR WORK SIZE SUMMARY
 export -f say stage_wm stage_parity stage_train stage_epoch
-declare -A LIMIT=([wm]=200 [parity]=170 [train]=160 [epoch]=200)
+# The world-model stage answers the acceptance (5M update <= 2 ms, flow <= 1.5x): it gets the most;
+# each compiled variant is its own process and compiles its graphs first (a minute or more each).
+declare -A LIMIT=([wm]=240 [parity]=150 [train]=100 [epoch]=200)
 for s in "${STAGES[@]}"; do
   [[ -z "${LIMIT[$s]:-}" ]] && { echo "gpu_check: unknown stage $s (wm, parity, train, epoch)"; exit 2; }
   run_stage "$s" "${LIMIT[$s]}" "stage_$s"

@@ -35,19 +35,14 @@ from flowpwm.models.world_model import LatentWorldModel
 FLOW_SOURCES = ("encoder", "rollout")
 
 
-def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=True, fm_source_grad=True,
-                    identity_grad=True):
+def _latent_rollout(wm, z0, action, targets, task, full=True, identity_grad=True):
     """Roll `wm.next` from z0 along `action` (H, B, A) with gradient. Returns the source latents
-    (H, B, D); with `full`, the latents each step reaches (H, B, D) and their squared error
+    (H, B, D) and, with `full`, the latents each step reaches (H, B, D) and their squared error
     against `targets` (H, B, D) per step and sample (H, B) (without it the last `next()` is
-    skipped and both are None); given `fm_tau_sampling`, the flow-matching loss from each
-    rolled-out source (H, B)."""
-    H, z, srcs, reached, fm = action.shape[0], z0, [], [], []
+    skipped and both are None)."""
+    H, z, srcs, reached = action.shape[0], z0, [], []
     for t in range(H):
         srcs.append(z)
-        if fm_tau_sampling is not None:
-            fm.append(compute_flow_matching_loss(wm.velocity_fn(action[t], task), z, targets[t],
-                                                 fm_tau_sampling, fm_source_grad))
         if full or t < H - 1:
             z = wm.next(z, action[t], task)
             # z_t = z0 + (sum of integrated increments): without identity_grad the loss reaches the
@@ -55,7 +50,7 @@ def _latent_rollout(wm, z0, action, targets, task, fm_tau_sampling=None, full=Tr
             reached.append(z if identity_grad else z - z0 + z0.detach())
     reached = torch.stack(reached) if full else None
     mse = (reached - targets).pow(2).mean(-1) if full else None
-    return torch.stack(srcs), reached, mse, (torch.stack(fm) if fm else None)
+    return torch.stack(srcs), reached, mse
 
 
 def compute_wm_loss(
@@ -100,7 +95,7 @@ def compute_wm_loss(
     if wm.kind == "mlp":
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
-        sources, reached, dynamics, _ = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task)
+        sources, reached, dynamics = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task)
     elif flow_source == "encoder":
         # One encoder pass over all H+1 steps; the target half is detached.
         z_all = wm.encode(obs, task)
@@ -108,14 +103,17 @@ def compute_wm_loss(
         dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
                                               fm_source_grad)
         if consistency_coef > 0:
-            _, reached, consistency, _ = _latent_rollout(wm, z_all[0], action, targets, task, identity_grad=identity_grad)
+            _, reached, consistency = _latent_rollout(wm, z_all[0], action, targets, task, identity_grad=identity_grad)
     else:
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
         full = consistency_coef > 0 or wm.episodic
-        sources, reached, consistency, dynamics = _latent_rollout(
-            wm, wm.encode(obs[0], task), action, targets, task, fm_tau_sampling=tau_sampling, full=full,
-            fm_source_grad=fm_source_grad, identity_grad=identity_grad)
+        sources, reached, consistency = _latent_rollout(wm, wm.encode(obs[0], task), action, targets, task,
+                                                        full=full, identity_grad=identity_grad)
+        # The flow-matching term needs no step's result for the next one: one velocity call over
+        # all H sources, not one per step inside the rollout (H times fewer small kernels).
+        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
+                                              fm_source_grad)
     alive = None if mask is None else mask.reshape(H, -1)
 
     def over_steps(per_sample: torch.Tensor) -> torch.Tensor:
