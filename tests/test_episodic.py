@@ -43,6 +43,24 @@ def test_termination_head_learns_a_toy_systems_known_terminations(kind):
     assert (predicted == term[0]).float().mean() > 0.95
 
 
+def test_termination_pos_weight_weighs_the_terminal_steps():
+    """alg.wm_loss.termination_pos_weight w: a terminal step's cross-entropy counts w times, a
+    non-terminal step's once (the head's optimum moves its odds of terminating by a factor w)."""
+    from flowpwm.losses import wm_loss_kwargs
+    torch.manual_seed(0)
+    wm = build_world_model(tiny_cfg("mlp"), 6, 2, episodic=True)
+    obs, act, rew = torch.randn(4, 8, 6), torch.rand(3, 8, 2) * 2 - 1, torch.randn(3, 8, 1)
+    term = {flag: torch.full((3, 8, 1), float(flag)) for flag in (0, 1)}
+    loss = {(flag, w): float(compute_wm_loss(wm, obs, act, rew, terminated=term[flag],
+                                             termination_pos_weight=w)[1]["termination_loss"])
+            for flag in (0, 1) for w in (1.0, 3.0)}
+    assert loss[1, 3.0] == pytest.approx(3 * loss[1, 1.0], rel=1e-5)
+    assert loss[0, 3.0] == pytest.approx(loss[0, 1.0], rel=1e-6)
+    alg = compose(["alg=pwm_tiny", "alg.wm_loss.termination_pos_weight=10"]).alg
+    assert wm_loss_kwargs(alg)["termination_pos_weight"] == 10.0
+    assert compose(["alg=pwm_tiny_flow"]).alg.wm_loss.termination_pos_weight == 1.0  # TD-MPC2's plain BCE
+
+
 @pytest.mark.parametrize("mask", ["hard", "soft"])
 def test_imagined_rollout_gives_nothing_after_a_predicted_termination(mask):
     a = agent(horizon=6, gamma=0.9, termination_mask=mask, ret_rms=False)

@@ -66,6 +66,7 @@ def compute_wm_loss(
     dynamics_coef: float = 20.0,
     reward_coef: float = 0.1,
     termination_coef: float = 1.0,
+    termination_pos_weight: float = 1.0,
     tau_sampling: str = "uniform",
     flow_source: str = "encoder",
     consistency_coef: float = 0.0,
@@ -136,7 +137,9 @@ def compute_wm_loss(
     reward_loss = over_steps(wm.reward_loss(wm.reward(sources, action, task), reward))
     loss = dynamics_coef * dynamics_loss + reward_coef * reward_loss
     if wm.episodic:
-        bce = F.binary_cross_entropy_with_logits(wm.termination(reached, task), terminated.float(), reduction="none")
+        logits = wm.termination(reached, task)
+        bce = F.binary_cross_entropy_with_logits(logits, terminated.float(), reduction="none",
+                                                 pos_weight=logits.new_tensor(termination_pos_weight))
         termination_loss = over_steps(bce.squeeze(-1))
         loss = loss + termination_coef * termination_loss
         metrics["termination_loss"] = termination_loss.detach()
@@ -154,6 +157,7 @@ def wm_loss_kwargs(alg) -> dict:
         dynamics_coef=float(alg.wm_loss.dynamics_coef),
         reward_coef=float(alg.wm_loss.reward_coef),
         termination_coef=float(alg.wm_loss.get("termination_coef", 1.0)),
+        termination_pos_weight=float(alg.wm_loss.get("termination_pos_weight", 1.0)),
         tau_sampling=wm.get("tau_sampling", "uniform"),
         flow_source=wm.get("flow_source", "encoder"),
         consistency_coef=float(wm.get("consistency_coef", 0.0)),

@@ -100,6 +100,7 @@ class WmLoss:
     dynamics_coef: float = key(ge=0)
     reward_coef: float = key(ge=0)
     termination_coef: float = key(ge=0)
+    termination_pos_weight: float = key(gt=0)
 
 
 @dataclass
