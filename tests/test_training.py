@@ -37,6 +37,22 @@ def test_one_epoch_of_online_training_runs_and_writes_the_run_dir(kind, task, tm
     assert f"type: {kind}" in (tmp_path / "config.yaml").read_text()
 
 
+def test_update_ratio_settings_give_the_update_counts_they_name(tmp_path):
+    """Part of the update-to-data ratio: each epoch runs alg.wm_iterations world-model updates,
+    alg.policy_iterations actor updates and policy x critic_iterations x critic_batches critic
+    minibatches (counted by the optimisers' own step counters), after the pretraining updates."""
+    epochs, lines = 3, []
+    extra = ["alg.wm_iterations=3", "alg.policy_iterations=2", "alg.critic_iterations=2", "alg.critic_batches=3"]
+    t = OnlineTrainer(cfg_for("mlp", epochs=epochs, extra=extra), tmp_path, log=lines.append)
+    t.train()
+    steps = {name: max(int(st["step"]) for st in opt.state.values())
+             for name, opt in (("wm", t.agent.wm_opt), ("actor", t.agent.actor_opt), ("critic", t.agent.critic_opt))}
+    assert steps == {"wm": 2 + 3 * epochs, "actor": 2 * epochs, "critic": 2 * 2 * 3 * epochs}
+    header = "\n".join(str(x) for x in lines)
+    assert "updates per epoch of 8 env steps: world model 3, actor 2, critic minibatches 12" in header
+    assert "(per 100 env steps: 37.5 / 25 / 150)" in header
+
+
 def test_eval_reports_the_environment_reward_not_the_model_reward(tmp_path):
     t = OnlineTrainer(cfg_for("flow"), tmp_path, log=lambda *_: None)
     # An untrained reward head predicts exactly 0 (zero last layer): the model's return is 0.

@@ -26,6 +26,17 @@ def parity_line(alg, obs_dim: int, action_dim: int, wm_params: int, episodic: bo
     return f"{wm_params:,} params; paired {pair}: {other:,} ({rel_diff(wm_params, other):+.2%})"
 
 
+def update_to_data(cfg, num_envs: int) -> str:
+    """The update-to-data ratio: updates per epoch against the env steps it collects (PWM's
+    settings assume thousands of parallel envs; halving env.num_envs or train.steps_per_epoch
+    doubles every ratio)."""
+    a, steps = cfg.alg, int(cfg.train.steps_per_epoch) * num_envs
+    counts = {"world model": int(a.wm_iterations), "actor": int(a.policy_iterations),
+              "critic minibatches": int(a.policy_iterations) * int(a.critic_iterations) * int(a.critic_batches)}
+    return (f"updates per epoch of {steps} env steps: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+            + " (per 100 env steps: " + " / ".join(f"{100 * n / steps:.3g}" for n in counts.values()) + ")")
+
+
 def run_header(trainer, wandb_line: str) -> str:
     cfg, agent, env = trainer.cfg, trainer.agent, trainer.env
     wm_cfg = cfg.alg.world_model
@@ -45,6 +56,7 @@ def run_header(trainer, wandb_line: str) -> str:
                      f"evals per step), source {wm_cfg.flow_source}, tau {wm_cfg.tau_sampling}")
     lines.append(f"  actor {n_params(agent.actor):,} params, critic {n_params(agent.critic):,} params; horizon "
                  f"{agent.horizon}")
+    lines.append("  " + update_to_data(cfg, env.num_envs))
     where = f"  run dir {trainer.run.path}; {wandb_line}"
     if trainer.resumed:
         where += f"; resumed at epoch {trainer.epoch} ({trainer.env_steps} env steps)"
