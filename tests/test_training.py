@@ -31,8 +31,9 @@ def test_one_epoch_of_online_training_runs_and_writes_the_run_dir(kind, task, tm
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     for key in ("env_steps", "wall_time", "eval_return", "wm_loss", "dynamics_loss", "reward_loss",
-                "actor_loss", "critic_loss"):
+                "actor_loss", "critic_loss", "collect_reward"):
         assert isinstance(last[key], (int, float)) and math.isfinite(last[key]), key
+    assert "collect_reward" in records[0]  # the seed phase's random-action data too
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "checkpoints" / "latest.pt").exists()
     assert f"type: {kind}" in (tmp_path / "config.yaml").read_text()
 

@@ -109,7 +109,10 @@ class OnlineTrainer:
             self.run.close()
 
     # -- data ---------------------------------------------------------------------------------
-    def collect(self, steps: int, random_actions: bool = False) -> None:
+    def collect(self, steps: int, random_actions: bool = False) -> float:
+        """Step every env `steps` times into the buffer; returns the mean env reward per step
+        collected (the reward density of the new data: how well the policy explores)."""
+        total = 0.0
         for _ in range(steps):
             if random_actions:
                 action = torch.rand(self.env.num_envs, self.env.action_dim) * 2 - 1
@@ -123,6 +126,8 @@ class OnlineTrainer:
             self.buffer.add(self.obs, action, reward, final_obs, terminated, truncated)
             self.obs = next_obs
             self.env_steps += self.env.num_envs
+            total += float(reward.sum())
+        return total / max(steps * self.env.num_envs, 1)
 
     def sample(self, batch_size: int, generator=None, through_terminal: bool = False):
         b = self.buffer.sample(batch_size, self.agent.horizon, generator=generator or self.sample_gen,
@@ -239,13 +244,13 @@ class OnlineTrainer:
         point the learning curve starts from, logged as epoch 0), which it returns."""
         cfg = self.cfg
         seed_steps = math.ceil(int(cfg.train.seed_steps) / self.env.num_envs)
-        self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
+        seed_reward = self.collect(max(seed_steps, self.agent.horizon + 1), random_actions=True)
         pre = self.update_world_model(int(cfg.train.pretrain_iterations))  # {} for 0 iterations
         initial = self.evaluate()
         monitor.write(f"  epoch     0  env steps {self.env_steps:7d}  eval return {initial['eval_return']:7.1f}  "
                       f"(untrained policy)")
         self.run.log({"epoch": 0, "env_steps": self.env_steps, "wall_time": time.perf_counter() - start,
-                      **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
+                      "collect_reward": seed_reward, **initial, **{f"pretrain_{k}": v for k, v in pre.items()}})
         return initial["eval_return"]
 
     def train_epoch(self, start: float, monitor: TrainingMonitor, wandb: WandBLogger) -> dict[str, float] | None:
@@ -254,8 +259,9 @@ class OnlineTrainer:
         self.epoch += 1
         epoch_start, steps_before = time.perf_counter(), self.env_steps
         self.agent.set_progress((self.epoch - 1) / self.total_epochs)
-        self.collect(int(cfg.train.steps_per_epoch))
+        collect_reward = self.collect(int(cfg.train.steps_per_epoch))
         record = self.update_world_model(int(cfg.alg.wm_iterations))
+        record["collect_reward"] = collect_reward
         record.update(self.update_policy(int(cfg.alg.policy_iterations)))
         record["fps"] = (self.env_steps - steps_before) / max(time.perf_counter() - epoch_start, 1e-9)
         bad = sorted(k for k, v in record.items() if not math.isfinite(v))
