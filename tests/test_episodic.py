@@ -9,7 +9,7 @@ from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import compose
 from flowpwm.data.toy import ToyOscillator, sample_windows
 from flowpwm.envs.base import BatchedEnv, StepResult
-from flowpwm.losses import compute_wm_loss
+from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
 from flowpwm.models.factory import build_world_model
 
 from helpers import tiny_cfg
@@ -46,7 +46,6 @@ def test_termination_head_learns_a_toy_systems_known_terminations(kind):
 def test_termination_pos_weight_weighs_the_terminal_steps():
     """alg.wm_loss.termination_pos_weight w: a terminal step's cross-entropy counts w times, a
     non-terminal step's once (the head's optimum moves its odds of terminating by a factor w)."""
-    from flowpwm.losses import wm_loss_kwargs
     torch.manual_seed(0)
     wm = build_world_model(tiny_cfg("mlp"), 6, 2, episodic=True)
     obs, act, rew = torch.randn(4, 8, 6), torch.rand(3, 8, 2) * 2 - 1, torch.randn(3, 8, 1)
