@@ -164,7 +164,8 @@ def md_finals(c: "Comparison") -> str:
 
 
 def _digits(c: "Comparison") -> int:
-    return 3 if c.multitask is not None else 1
+    """Decimals of final values: raw returns (hundreds) 1, normalised ones (around 1) 3."""
+    return 1 if c.measure.key == "eval_return" else 3
 
 
 def md_multitask(c: "Comparison") -> str:
