@@ -239,6 +239,22 @@ def test_a_resume_that_extends_the_budget_is_allowed_and_recorded(trained, tmp_p
     assert entries[1]["changes"] == {"train.env_steps": [64, 72]}
 
 
+def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_the_old_behaviour(trained, tmp_path):
+    """A config key added since the run started (absent from its config.yaml) does not block a
+    resume at the value that reproduces the old code; another value mixes two experiments."""
+    import yaml
+    run = copy_run(trained, tmp_path / "run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["alg"]["wm_loss"]["termination_pos_weight"]  # as written by the code before the key
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=r"termination_pos_weight \(<absent> -> 5\)"):
+        train(cfg_for("mlp", epochs=3, extra=["resume=auto", "alg.wm_loss.termination_pos_weight=5"]), run, **QUIET)
+    extra = ["resume=auto", "alg.wm_loss.termination_pos_weight=1"]  # an int: the same value as 1.0
+    assert train(cfg_for("mlp", epochs=3, extra=extra), run, **QUIET)["epochs"] == 3
+    (entry,) = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
+    assert entry["changes"]["alg.wm_loss.termination_pos_weight"] == [None, 1]
+
+
 def test_resume_path_continues_that_run_and_refuses_another_run_dir(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
     extra = [*FAST, "wm=mlp", "train.env_steps=64"]

@@ -25,6 +25,12 @@ RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "trai
              "fit_wm.", "perf.", "device", "deterministic", "resume")
 
 
+# Keys added to the config after runs were made with it, each with the value that reproduces what
+# the code did before the key existed. A run whose config lacks one continues when the new value
+# is that one (the addition is recorded like any change); any other value is a frozen change.
+ADDED_KEYS = {"alg.wm_loss.termination_pos_weight": 1.0}
+
+
 def resumable(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
 
@@ -76,7 +82,8 @@ def resume_changes(run: RunDir, cfg: DictConfig) -> dict[str, list]:
         a, b = old.get(key, MISSING), new.get(key, MISSING)
         if a is MISSING or b is MISSING or _canonical_json(a) != _canonical_json(b):
             changed[key] = [a, b]
-    frozen = [f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in changed.items() if not resumable(k)]
+    frozen = [f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in changed.items()
+              if not resumable(k) and not _added_as_before(k, a, b)]
     if frozen:
         raise UserError(f"resume {run.path}: {'; '.join(frozen)} would mix two experiments in one run; keep the "
                         f"run's values, or start a new run (a resume may change only "
@@ -96,6 +103,15 @@ def describe_changes(changes: dict[str, list]) -> str:
     if not changes:
         return "no config changes"
     return ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items()) + f" (see {CONFIG_HISTORY})"
+
+
+def _added_as_before(key: str, old, new) -> bool:
+    if old is not MISSING or key not in ADDED_KEYS:
+        return False
+    before = ADDED_KEYS[key]
+    if isinstance(new, (int, float)) and not isinstance(new, bool):  # termination_pos_weight=1 is 1.0
+        return float(new) == before
+    return _canonical_json(new) == _canonical_json(before)
 
 
 def _show(v) -> str:
