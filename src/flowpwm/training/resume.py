@@ -28,7 +28,13 @@ RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "trai
 # Keys added to the config after runs were made with it, each with the value that reproduces what
 # the code did before the key existed. A run whose config lacks one continues when the new value
 # is that one (the addition is recorded like any change); any other value is a frozen change.
-ADDED_KEYS = {"alg.wm_loss.termination_pos_weight": 1.0}
+ADDED_KEYS = {
+    "alg.wm_loss.termination_pos_weight": 1.0,
+    # the flow knobs of the latent-collapse fix (docs/results.md), at what the code did before them
+    "alg.world_model.consistency_coef": 0.0,
+    "alg.world_model.fm_source_grad": True,
+    "alg.world_model.identity_grad": True,
+}
 
 
 def resumable(key: str) -> bool:
