@@ -247,7 +247,8 @@ def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_the_old_beha
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     del cfg["alg"]["wm_loss"]["termination_pos_weight"]  # as written by the code before the key
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(UserError, match=r"termination_pos_weight \(<absent> -> 5\)"):
+    with pytest.raises(UserError, match=r"termination_pos_weight \(<absent>, i\.e\. "
+                                        r"alg\.wm_loss\.termination_pos_weight=1\.0 before the key existed -> 5\)"):
         train(cfg_for("mlp", epochs=3, extra=["resume=auto", "alg.wm_loss.termination_pos_weight=5"]), run, **QUIET)
     extra = ["resume=auto", "alg.wm_loss.termination_pos_weight=1"]  # an int: the same value as 1.0
     assert train(cfg_for("mlp", epochs=3, extra=extra), run, **QUIET)["epochs"] == 3

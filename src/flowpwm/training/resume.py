@@ -88,7 +88,7 @@ def resume_changes(run: RunDir, cfg: DictConfig) -> dict[str, list]:
         a, b = old.get(key, MISSING), new.get(key, MISSING)
         if a is MISSING or b is MISSING or _canonical_json(a) != _canonical_json(b):
             changed[key] = [a, b]
-    frozen = [f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in changed.items()
+    frozen = [f"{k} ({_show(a)}{_as_before(k, a)} -> {_show(b)})" for k, (a, b) in changed.items()
               if not resumable(k) and not _added_as_before(k, a, b)]
     if frozen:
         raise UserError(f"resume {run.path}: {'; '.join(frozen)} would mix two experiments in one run; keep the "
@@ -118,6 +118,13 @@ def _added_as_before(key: str, old, new) -> bool:
     if isinstance(new, (int, float)) and not isinstance(new, bool):  # termination_pos_weight=1 is 1.0
         return float(new) == before
     return _canonical_json(new) == _canonical_json(before)
+
+
+def _as_before(key: str, old) -> str:
+    """For a key the run predates: the value to pass to continue it as it ran."""
+    if old is not MISSING or key not in ADDED_KEYS:
+        return ""
+    return f", i.e. {key}={_canonical_json(ADDED_KEYS[key])} before the key existed"
 
 
 def _show(v) -> str:
