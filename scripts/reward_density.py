@@ -6,12 +6,7 @@
 import sys
 
 from flowpwm.analysis.exploration import main
-from flowpwm.config import UserError
+from flowpwm.cli import run_script
 
 if __name__ == "__main__":
-    try:
-        code = main(sys.argv[1:])
-    except UserError as e:
-        print(f"reward_density: error: {' '.join(str(e).split())}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(run_script("reward_density", main, sys.argv[1:]))

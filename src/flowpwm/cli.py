@@ -184,19 +184,24 @@ COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parit
             "data": _data, "pretrain": _pretrain, "train-policy": _train_policy}
 
 
-def print_error(command: str, e: UserError) -> None:
+def print_error(command: str, e: UserError, prefix: str = "flowpwm ") -> None:
     """A user mistake: one line per problem on stderr."""
     for line in str(e).splitlines() or [type(e).__name__]:
-        print(f"flowpwm {command}: error: {line}", file=sys.stderr)
+        print(f"{prefix}{command}: error: {line}", file=sys.stderr)
+
+
+def run_script(name: str, main, args: list[str], prefix: str = "") -> int:
+    """`main(args)` of a command or a scripts/ entry point; user mistakes end as one line on
+    stderr and exit status 2."""
+    try:
+        return main(args)
+    except UserError as e:
+        print_error(name, e, prefix)
+        return 2
 
 
 def run_command(command: str, args: list[str]) -> int:
-    """Run one command; user mistakes end as one line on stderr and exit status 2."""
-    try:
-        return COMMANDS[command](args)
-    except UserError as e:
-        print_error(command, e)
-        return 2
+    return run_script(command, COMMANDS[command], args, prefix="flowpwm ")
 
 
 def main(argv: list[str] | None = None) -> int:
