@@ -86,6 +86,7 @@ class Actor:
     units: list[int] = key(ge=1, min_len=1)
     init_logstd: float = key()
     min_logstd: float = key()
+    explore_logstd: float | None = key()
 
 
 @dataclass

@@ -63,6 +63,7 @@ class PWM:
         latent = int(alg.world_model.latent_dim)
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
+        self.explore_logstd = alg.actor.get("explore_logstd")  # runs from before the key collected with None
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
         # wm.parameters() includes the task embedding (a trap in public forks).
         adam = lambda params, **kw: perf_lib.adam(params, self.perf, self.device, **kw)  # noqa: E731
@@ -246,8 +247,11 @@ class PWM:
     # -- acting -----------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False, task=None) -> torch.Tensor:
+        """The action to take in the real env: the mean (eval) or a sample (collection). A sample's
+        log-std is floored at `actor.explore_logstd` when set: more exploration in the data
+        without changing the std the actor is trained with in imagination."""
         z = self.wm.encode(obs.to(self.device), task)
-        return self.wm.mask_action(self.actor(z, deterministic), task)
+        return self.wm.mask_action(self.actor(z, deterministic, self.explore_logstd), task)
 
     @torch.no_grad()
     def eval(self, env, episodes: int, seed: int, task=None) -> dict[str, float]:

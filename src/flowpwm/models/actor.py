@@ -25,10 +25,12 @@ class Actor(nn.Module):
             for p in self.mu_net.parameters():
                 p.mul_(init_gain)
 
-    def forward(self, z: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Action in (-1, 1): tanh of the mean, or of a reparameterised Gaussian sample."""
+    def forward(self, z: torch.Tensor, deterministic: bool = False, logstd_floor: float | None = None) -> torch.Tensor:
+        """Action in (-1, 1): tanh of the mean, or of a reparameterised Gaussian sample whose
+        log-std is at least `min_logstd` (and `logstd_floor` when given: exploration)."""
         mu = self.mu_net(z)
         if deterministic:
             return torch.tanh(mu)
-        std = self.logstd.clamp(min=self.min_logstd).exp()
+        floor = self.min_logstd if logstd_floor is None else max(self.min_logstd, logstd_floor)
+        std = self.logstd.clamp(min=floor).exp()
         return torch.tanh(mu + std * torch.randn_like(mu))

@@ -30,6 +30,7 @@ RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "trai
 # is that one (the addition is recorded like any change); any other value is a frozen change.
 ADDED_KEYS = {
     "alg.wm_loss.termination_pos_weight": 1.0,
+    "alg.actor.explore_logstd": None,
     # the flow knobs of the latent-collapse fix (docs/results.md), at what the code did before them
     "alg.world_model.consistency_coef": 0.0,
     "alg.world_model.fm_source_grad": True,
