@@ -70,12 +70,12 @@ def test_explore_logstd_widens_collected_actions_only():
     pwm, wide = agent("mlp"), agent("mlp", **{"actor.explore_logstd": 0.0})
     wide.wm.load_state_dict(pwm.wm.state_dict())
     wide.actor.load_state_dict(pwm.actor.state_dict())
+    own_std = pwm.actor.logstd.clamp(min=pwm.actor.min_logstd).exp()
     mean = torch.atanh(pwm.act(obs[:1], deterministic=True).clamp(-0.999, 0.999))
-    for a, std in ((pwm, pwm.actor.logstd.clamp(min=pwm.actor.min_logstd).exp()), (wide, torch.ones(2))):
+    for a, std in ((pwm, own_std), (wide, torch.ones(2))):
         pre_tanh = torch.atanh(a.act(obs).clamp(-0.999999, 0.999999))
         assert torch.allclose(pre_tanh.std(0), std, rtol=0.06)
         assert torch.allclose(pre_tanh.mean(0), mean[0], atol=0.1)
     assert pwm.cfg.actor.explore_logstd is None and torch.equal(wide.actor.logstd, pwm.actor.logstd)
     z = wide.wm.encode(obs)  # the actor itself, as the imagined rollout calls it, keeps its own std
-    assert torch.allclose(torch.atanh(wide.actor(z).clamp(-0.999999, 0.999999)).std(0),
-                          pwm.actor.logstd.clamp(min=pwm.actor.min_logstd).exp(), rtol=0.06)
+    assert torch.allclose(torch.atanh(wide.actor(z).clamp(-0.999999, 0.999999)).std(0), own_std, rtol=0.06)

@@ -63,7 +63,7 @@ class PWM:
         latent = int(alg.world_model.latent_dim)
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
-        self.explore_logstd = alg.actor.get("explore_logstd")  # runs from before the key collected with None
+        self.explore_logstd = alg.actor.get("explore_logstd")  # absent in configs older than the key: None, as they ran
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
         # wm.parameters() includes the task embedding (a trap in public forks).
         adam = lambda params, **kw: perf_lib.adam(params, self.perf, self.device, **kw)  # noqa: E731
