@@ -239,6 +239,21 @@ def test_baseline_dynamics_ends_in_simnorm():
     assert torch.allclose(z.reshape(5, 8, 8).sum(-1), torch.ones(5, 8), atol=1e-5)
 
 
+def test_cpu_mish_and_simnorm_compute_torchs_functions_and_their_gradients():
+    # The CPU forms (a composition, a strided softmax) are there for speed only: a user's model
+    # must compute TD-MPC2's Mish and SimNorm, values and gradients, to float rounding.
+    from flowpwm.models.layers import Mish
+
+    x = (torch.randn(64, 48, dtype=torch.float64) * 4).requires_grad_()
+    for ours, ref in ((Mish(), torch.nn.functional.mish),
+                      (SimNorm(8), lambda v: torch.softmax(v.reshape(64, 6, 8), -1).reshape(64, 48))):
+        w = torch.randn(64, 48, dtype=torch.float64)
+        y, y_ref = ours(x), ref(x)
+        g, = torch.autograd.grad((y * w).sum(), x)
+        g_ref, = torch.autograd.grad((y_ref * w).sum(), x)
+        assert torch.allclose(y, y_ref, atol=1e-12, rtol=1e-10) and torch.allclose(g, g_ref, atol=1e-12, rtol=1e-10)
+
+
 def test_critic_members_are_independent_value_functions():
     critic = Critic(8, units=[16], num_critics=2)
     z = torch.randn(4, 5, 8)

@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from flowpwm.models.layers import Mish
+
 
 class Actor(nn.Module):
     def __init__(self, latent_dim: int, action_dim: int, units: Sequence[int] = (400, 200, 100),
@@ -16,7 +18,7 @@ class Actor(nn.Module):
         dims = [latent_dim, *units]
         layers: list[nn.Module] = []
         for i in range(len(units)):
-            layers += [nn.Linear(dims[i], dims[i + 1]), nn.Mish(), nn.LayerNorm(dims[i + 1])]
+            layers += [nn.Linear(dims[i], dims[i + 1]), Mish(), nn.LayerNorm(dims[i + 1])]
         layers.append(nn.Linear(dims[-1], action_dim))
         self.mu_net = nn.Sequential(*layers)
         self.logstd = nn.Parameter(torch.full((action_dim,), float(init_logstd)))

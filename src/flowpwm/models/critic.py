@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flowpwm.models.layers import Mish
+
 
 class EnsembleLinear(nn.Module):
     """`members` independent Linear layers applied to (members, N, in) in one baddbmm."""
@@ -41,7 +43,7 @@ class Critic(nn.Module):
         dims = [latent_dim, *units]
         layers: list[nn.Module] = []
         for i in range(len(units)):
-            layers += [EnsembleLinear(num_critics, dims[i], dims[i + 1]), nn.Mish(),
+            layers += [EnsembleLinear(num_critics, dims[i], dims[i + 1]), Mish(),
                        EnsembleLayerNorm(num_critics, dims[i + 1])]
         layers.append(EnsembleLinear(num_critics, dims[-1], 1))
         self.net = nn.Sequential(*layers)

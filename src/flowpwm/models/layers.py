@@ -1,4 +1,4 @@
-"""TD-MPC2 building blocks: NormedLinear (Linear → LayerNorm → act), SimNorm, mlp()."""
+"""TD-MPC2 building blocks: NormedLinear (Linear → LayerNorm → act), SimNorm, Mish, mlp()."""
 
 from __future__ import annotations
 
@@ -19,10 +19,22 @@ class SimNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(*shape[:-1], -1, self.dim)
-        return F.softmax(x, dim=-1).reshape(shape)
+        if x.is_cuda:
+            return F.softmax(x, dim=-1).reshape(shape)
+        # torch's CPU softmax over a last dim of 8 is ~8x slower than over a strided one
+        # (benchmarks/bench_world_model.py); same values to float rounding
+        return F.softmax(x.transpose(-1, -2), dim=-2).transpose(-1, -2).reshape(shape)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class Mish(nn.Module):
+    """Mish, x·tanh(softplus(x)). On CPU as that composition: torch's fused CPU kernel is ~3x
+    slower forward + backward (torch 2.13); on CUDA the fused one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mish(x) if x.is_cuda else x * torch.tanh(F.softplus(x))
 
 
 class NormedLinear(nn.Linear):
@@ -31,7 +43,7 @@ class NormedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None, dropout: float = 0.0):
         super().__init__(in_features, out_features)
         self.ln = nn.LayerNorm(out_features)
-        self.act = act if act is not None else nn.Mish()
+        self.act = act if act is not None else Mish()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
