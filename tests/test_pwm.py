@@ -67,7 +67,8 @@ def test_explore_logstd_widens_collected_actions_only():
     """Collection samples with std >= exp(explore_logstd); imagination keeps the actor's std."""
     torch.manual_seed(0)
     obs = torch.randn(1, 6).expand(4000, 6)
-    pwm, wide = agent("mlp"), agent("mlp", **{"actor.explore_logstd": 0.0})
+    pwm_noise = {"actor.init_logstd": -1.0, "actor.min_logstd": -1.427}  # an actor std below the floor
+    pwm, wide = agent("mlp", **pwm_noise), agent("mlp", **pwm_noise, **{"actor.explore_logstd": 0.0})
     wide.wm.load_state_dict(pwm.wm.state_dict())
     wide.actor.load_state_dict(pwm.actor.state_dict())
     own_std = pwm.actor.logstd.clamp(min=pwm.actor.min_logstd).exp()
