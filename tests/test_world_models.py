@@ -9,6 +9,7 @@ from flowpwm.losses import _latent_rollout, compute_wm_loss, wm_loss_kwargs
 from flowpwm.models import Actor, Critic, FlowWorldModel, SimNorm, WorldModel
 from flowpwm.models import twohot
 from flowpwm.models.factory import build_world_model
+from flowpwm.models.layers import Mish
 
 from helpers import batch, tiny_cfg, tiny_wm
 
@@ -242,8 +243,6 @@ def test_baseline_dynamics_ends_in_simnorm():
 def test_cpu_mish_and_simnorm_compute_torchs_functions_and_their_gradients():
     # The CPU forms (a composition, a strided softmax) are there for speed only: a user's model
     # must compute TD-MPC2's Mish and SimNorm, values and gradients, to float rounding.
-    from flowpwm.models.layers import Mish
-
     x = (torch.randn(64, 48, dtype=torch.float64) * 4).requires_grad_()
     for ours, ref in ((Mish(), torch.nn.functional.mish),
                       (SimNorm(8), lambda v: torch.softmax(v.reshape(64, 6, 8), -1).reshape(64, 48))):

@@ -19,10 +19,10 @@ class SimNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(*shape[:-1], -1, self.dim)
-        if x.is_cuda:
+        if not x.is_cpu:
             return F.softmax(x, dim=-1).reshape(shape)
         # torch's CPU softmax over a last dim of 8 is ~8x slower than over a strided one
-        # (benchmarks/bench_world_model.py); same values to float rounding
+        # (docs/results.md#speed); same values to float rounding
         return F.softmax(x.transpose(-1, -2), dim=-2).transpose(-1, -2).reshape(shape)
 
     def extra_repr(self) -> str:
@@ -31,10 +31,10 @@ class SimNorm(nn.Module):
 
 class Mish(nn.Module):
     """Mish, x·tanh(softplus(x)). On CPU as that composition: torch's fused CPU kernel is ~3x
-    slower forward + backward (torch 2.13); on CUDA the fused one."""
+    slower forward + backward (torch 2.13, docs/results.md#speed); elsewhere the fused one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.mish(x) if x.is_cuda else x * torch.tanh(F.softplus(x))
+        return x * torch.tanh(F.softplus(x)) if x.is_cpu else F.mish(x)
 
 
 class NormedLinear(nn.Linear):
