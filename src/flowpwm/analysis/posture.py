@@ -1,0 +1,110 @@
+"""Does a run's policy flip the body over? For tasks whose body can end up upside down and stay
+there (cheetah-run: the torso pitch), the fraction of steps spent flipped, in the data the run
+collected and under its final deterministic policy, with the reward and critic value on each
+side of the flip.
+
+A flipped half-cheetah earns ~0.07 reward per step against 0.3-0.5 upright, and it does not
+right itself: a policy that flips it is stuck at ~0.15-0.25 of TD-MPC2's return. This is how
+the flow model's cheetah-run runs at std-2 exploration fail (docs/results.md, issue 15).
+
+    python scripts/posture.py RUN_DIR [RUN_DIR ...] [--episodes-back 2] [--rollout-envs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from flowpwm.analysis.diagnostics import load_agent
+from flowpwm.analysis.runs import load_run
+from flowpwm.config import UserError
+from flowpwm.envs import make_env
+
+# task -> (index of the body's pitch angle in the observation, what it is)
+PITCH = {"cheetah-run": (1, "torso pitch (rooty)")}
+
+
+def flipped(obs: torch.Tensor, task: str) -> torch.Tensor:
+    """True where the body is upside down: its pitch more than 90° from upright."""
+    return obs[..., PITCH[task][0]].cos() < 0
+
+
+@torch.no_grad()
+def buffer_posture(agent, buffer, task: str, rows: int) -> dict:
+    """The last `rows` rows of the replay buffer (all envs): the flipped fraction, and the real
+    reward, predicted reward (real actions) and critic value at flipped and upright states."""
+    lo = max(buffer.filled - rows, 0)
+    obs = buffer.obs[lo:buffer.filled].reshape(-1, buffer.obs.shape[-1])
+    act = buffer.action[lo:buffer.filled].reshape(-1, buffer.action.shape[-1])
+    rew = buffer.reward[lo:buffer.filled].reshape(-1)
+    z = agent.wm.encode(obs)
+    pred, value = agent.wm.reward_value(z, act).squeeze(-1), agent.critic.min_value(z).squeeze(-1)
+    flip = flipped(obs, task)
+    out = {"steps": len(obs), "flipped_fraction": flip.float().mean().item()}
+    for side, m in (("flipped", flip), ("upright", ~flip)):
+        n = int(m.sum())
+        out[side] = {"steps": n, **({"reward": rew[m].mean().item(), "predicted_reward": pred[m].mean().item(),
+                                     "value": value[m].mean().item()} if n else {})}
+    return out
+
+
+@torch.no_grad()
+def policy_posture(agent, task: str, envs: int, seed: int) -> dict:
+    """One episode per env from reset under the deterministic policy: return and flipped fraction."""
+    env = make_env(task, envs, seed=seed)
+    try:
+        obs = env.reset(seed=seed)
+        ret, flips, steps, alive = torch.zeros(envs), torch.zeros(envs), 0, torch.ones(envs, dtype=torch.bool)
+        while alive.any():
+            flips += flipped(obs, task).float() * alive
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True).cpu())
+            ret += reward * alive
+            steps += 1
+            alive &= ~(terminated | truncated)
+    finally:
+        env.close()
+    return {"returns": ret.tolist(), "flipped_fraction": (flips / steps).tolist()}
+
+
+def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: int = 123) -> dict:
+    run = load_run(run_dir)
+    task = run.config["env"]["task"]
+    if task not in PITCH:
+        raise UserError(f"{run_dir}: task {task!r} has no pitch observation known here; known: {', '.join(PITCH)}")
+    agent, buffer, state = load_agent(run_dir)
+    probe = make_env(task, 1, seed=seed)
+    rows = episodes_back * probe.max_episode_steps
+    probe.close()
+    out = {"run": str(run_dir), "task": task, "env_steps": state.get("env_steps"),
+           "buffer": buffer_posture(agent, buffer, task, rows)}
+    if rollout_envs > 0:
+        out["policy"] = policy_posture(agent, task, rollout_envs, seed)
+    return out
+
+
+def format_row(d: dict) -> str:
+    b, f, u = d["buffer"], d["buffer"]["flipped"], d["buffer"]["upright"]
+    side = lambda s: f"{s['reward']:.3f} / {s['value']:.1f}" if s["steps"] else "–"
+    pol = d.get("policy")
+    pol_txt = (f"{sum(pol['returns']) / len(pol['returns']):.1f} | "
+               f"{100 * sum(pol['flipped_fraction']) / len(pol['flipped_fraction']):.0f} %") if pol else "– | –"
+    return f"| {d['run']} | {d['env_steps']} | {100 * b['flipped_fraction']:.0f} % | {side(f)} | {side(u)} | {pol_txt} |"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--episodes-back", type=int, default=2,
+                   help="episodes (per env) at the end of the buffer to read")
+    p.add_argument("--rollout-envs", type=int, default=4, help="deterministic-policy episodes; 0: skip")
+    p.add_argument("--seed", type=int, default=123)
+    args = p.parse_args(argv)
+    if args.episodes_back < 1 or args.rollout_envs < 0:
+        raise UserError("--episodes-back must be >= 1 and --rollout-envs >= 0")
+    print("| run | env steps | flipped (collected) | reward / value flipped | reward / value upright "
+          "| policy return | policy flipped |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for run in args.runs:
+        print(format_row(posture(run, args.episodes_back, args.rollout_envs, args.seed)), flush=True)
+    return 0
