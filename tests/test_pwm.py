@@ -80,3 +80,36 @@ def test_explore_logstd_widens_collected_actions_only():
     assert pwm.cfg.actor.explore_logstd is None and torch.equal(wide.actor.logstd, pwm.actor.logstd)
     z = wide.wm.encode(obs)  # the actor itself, as the imagined rollout calls it, keeps its own std
     assert torch.allclose(torch.atanh(wide.actor(z).clamp(-0.999999, 0.999999)).std(0), own_std, rtol=0.06)
+
+
+def test_target_critic_bootstraps_the_rollout_and_trails_the_critic_by_alpha():
+    """alpha = 0 (PWM): the critic being trained bootstraps; alpha > 0: a copy moved by (1 - alpha)
+    toward the critic after each actor update, and only it gives the rollout's values."""
+    torch.manual_seed(0)
+    pwm = agent("mlp")
+    assert pwm.critic_target is None and pwm.value_critic is pwm.critic
+    a = agent("mlp", horizon=3, target_critic_alpha=0.75)
+    obs0 = torch.randn(8, 6)
+    start = [p.clone() for p in a.critic.parameters()]
+    a.update_policy(obs0)
+    for t, p, p0 in zip(a.critic_target.parameters(), a.critic.parameters(), start):
+        assert not t.requires_grad
+        assert torch.allclose(t, 0.75 * p0 + 0.25 * p, atol=1e-6)
+    with torch.no_grad():
+        for p in a.critic.parameters():  # a critic gone wrong does not reach the targets
+            p.add_(100.0)
+    torch.manual_seed(1)
+    _, data, _ = a.compute_actor_loss(obs0)
+    # values[t] = V(z_{t+1}) and zs[t + 1] = z_{t+1}
+    assert torch.allclose(data["values"][0], a.critic_target.min_value(data["zs"][1]).squeeze(-1), atol=1e-5)
+    assert not torch.allclose(data["values"][0], a.critic.min_value(data["zs"][1]).squeeze(-1), atol=1.0)
+
+
+def test_target_critic_is_saved_and_restored():
+    a, b = agent("mlp", target_critic_alpha=0.5), agent("mlp", target_critic_alpha=0.5)
+    a.update_policy(torch.randn(8, 6))
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(a.critic_target.parameters(), b.critic_target.parameters()))
+    pwm_ckpt = agent("mlp").state_dict()  # written with alpha 0: the target starts at the critic
+    b.load_state_dict(pwm_ckpt)
+    assert all(torch.equal(p, q) for p, q in zip(b.critic_target.parameters(), b.critic.parameters()))

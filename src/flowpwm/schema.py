@@ -123,6 +123,7 @@ class Alg:
     critic_grad_norm: float = key(gt=0)
     critic_iterations: int = key(ge=1)
     critic_batches: int = key(ge=1)
+    target_critic_alpha: float = key(ge=0, lt=1)
     actor_batch_size: int = key(ge=1)
     policy_iterations: int = key(ge=1)
     detach: bool = key()

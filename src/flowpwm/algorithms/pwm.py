@@ -4,6 +4,8 @@ Per epoch the trainer calls `update_world_model` on replay slices, then `update_
 real start states: the actor loss rolls the world model (MLP or flow, whichever the config
 builds) H steps forward, sums discounted predicted rewards and bootstraps with the minimum
 over the critic ensemble; the critic regresses TD(λ) targets of that imagined trajectory.
+With `target_critic_alpha` > 0 the bootstrap values (the actor's and the targets') come from a
+Polyak-averaged copy of the critic instead, as in SHAC (PWM: 0, the critic being trained).
 
 Episodic tasks (`episodic`: the world model has a termination head): after a predicted
 termination, imagined rewards and the bootstrap stop counting and TD(λ) does not bootstrap
@@ -14,6 +16,7 @@ mask Π 1[p_k ≤ 0.5] (no gradient through the mask).
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -65,6 +68,11 @@ class PWM:
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.explore_logstd = alg.actor.get("explore_logstd")  # absent in configs older than the key: None, as they ran
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
+        # The network the imagined rollouts bootstrap from: the critic itself (PWM), or its slow
+        # copy (SHAC's target critic), which keeps a critic spike from feeding its own targets.
+        self.target_alpha = float(alg.get("target_critic_alpha", 0.0))  # absent in older configs: PWM
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False) if self.target_alpha > 0 else None
+        self.value_critic = self.critic_target if self.critic_target is not None else self.critic
         # wm.parameters() includes the task embedding (a trap in public forks).
         adam = lambda params, **kw: perf_lib.adam(params, self.perf, self.device, **kw)  # noqa: E731
         self.wm_opt = adam(self.wm.parameters(), lr=alg.model_lr)
@@ -141,7 +149,7 @@ class PWM:
             a = self.wm.mask_action(self.actor(z.detach() if self.detach else z), task)
             r = self.wm.reward_value(z, a, task).squeeze(-1)
             z = self.wm.next(z, a, task)
-            v = self.critic.min_value(z).squeeze(-1)
+            v = self.value_critic.min_value(z).squeeze(-1)
             ret = ret + self.gamma ** t * alive * r
             if self.episodic:
                 cont = self.continuation(z, task)
@@ -217,7 +225,15 @@ class PWM:
         if self.perf.cudagraphs:  # the critic's graph replays would overwrite it
             targets = targets.clone()
         metrics.update(self.update_critic(data["zs"], targets, alive))
+        self.update_critic_target()
         return metrics
+
+    @torch.no_grad()
+    def update_critic_target(self) -> None:
+        """target ← α·target + (1 − α)·critic, once per actor update (SHAC's cadence)."""
+        if self.critic_target is not None:
+            for t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                t.lerp_(p, 1.0 - self.target_alpha)
 
     def actor_gradient(self, obs0: torch.Tensor, task=None) -> torch.Tensor:
         """The actor loss's gradient, flattened, at the current parameters from these start
@@ -291,6 +307,7 @@ class PWM:
     def state_dict(self) -> dict:
         return {"world_model": self.wm.state_dict(), "actor": self.actor.state_dict(),
                 "critic": self.critic.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                "critic_target": self.critic_target.state_dict() if self.critic_target is not None else None,
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "ret_rms": self.ret_rms.state_dict() if self.ret_rms else None, "wm_nfe": getattr(self.wm, "nfe", 0)}
 
@@ -298,6 +315,8 @@ class PWM:
         self.wm.load_state_dict(d["world_model"])
         self.actor.load_state_dict(d["actor"])
         self.critic.load_state_dict(d["critic"])
+        if self.critic_target is not None:  # a checkpoint without one (alpha was 0) starts it at the critic
+            self.critic_target.load_state_dict(d.get("critic_target") or d["critic"])
         self.wm_opt.load_state_dict(d["wm_opt"])
         self.actor_opt.load_state_dict(d["actor_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
