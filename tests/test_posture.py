@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowpwm.algorithms.pwm import PWM
-from flowpwm.analysis.posture import buffer_posture, flipped, policy_posture
+from flowpwm.analysis.posture import buffer_posture, flip_prediction, flipped, policy_posture
 from flowpwm.config import load_alg
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.envs import make_env
@@ -52,3 +52,26 @@ def test_policy_posture_runs_whole_episodes_from_reset():
     out = policy_posture(agent, "cheetah-run", envs=2, seed=5)
     assert len(out["returns"]) == 2 and all(0 <= f <= 1 for f in out["flipped_fraction"])
     assert all(0 <= r <= 500 for r in out["returns"])  # 500 agent steps, reward in [0, 1]
+
+
+def test_flip_prediction_reads_only_slices_that_go_from_upright_to_upside_down(cheetah):
+    torch.manual_seed(0)
+    alg = load_alg("pwm_tiny")
+    alg.horizon = 4
+    agent = PWM(alg, cheetah.obs_dim, cheetah.action_dim)
+    buf = ReplayBuffer(60, 2, cheetah.obs_dim, cheetah.action_dim)
+    pitch = [torch.tensor([min(t * 0.4, math.pi), 0.0]) for t in range(30)]  # env 0 rolls over, env 1 stays up
+    for t in range(30):
+        obs = torch.randn(2, cheetah.obs_dim)
+        obs[:, 1] = pitch[t]
+        buf.add(obs, torch.randn(2, cheetah.action_dim).clamp(-1, 1), torch.zeros(2), obs,
+                torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    # env 0: cos(0.4 t) > 0.5 for t <= 2, cos(0.4 (t + 4)) < -0.5 for t + 4 >= 6: starts t = 2 only
+    out = flip_prediction(agent, buf, "cheetah-run")
+    assert out["slices"] == 1 and out["h"] == [0, 1, 2, 3, 4]
+    assert out["value_encoded"][0] == pytest.approx(out["value_predicted"][0])  # the same start latent
+    buf_up = ReplayBuffer(60, 2, cheetah.obs_dim, cheetah.action_dim)
+    for t in range(30):
+        buf_up.add(torch.zeros(2, cheetah.obs_dim), torch.zeros(2, cheetah.action_dim), torch.zeros(2),
+                   torch.zeros(2, cheetah.obs_dim), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    assert flip_prediction(agent, buf_up, "cheetah-run") is None

@@ -1,7 +1,7 @@
 """Does a run's policy flip the body over? For tasks whose body can end up upside down and stay
 there (cheetah-run: the torso pitch), the fraction of steps spent flipped, in the data the run
 collected and under its final deterministic policy, with the reward and critic value on each
-side of the flip.
+side of the flip, and whether the world model sees a flip coming (`flip_prediction`).
 
 A flipped half-cheetah earns ~0.07 reward per step against 0.3-0.5 upright, and it does not
 right itself: a policy that flips it is stuck at ~0.15-0.25 of TD-MPC2's return. This is how
@@ -67,6 +67,34 @@ def policy_posture(agent, task: str, envs: int, seed: int) -> dict:
     return {"returns": ret.tolist(), "flipped_fraction": (flips / steps).tolist()}
 
 
+@torch.no_grad()
+def flip_prediction(agent, buffer, task: str, slices: int = 256, seed: int = 0) -> dict | None:
+    """Does the world model see a flip coming? On real H-step slices that start upright
+    (cos(pitch) > 0.5) and end upside down (< -0.5), the critic's value at the encoded real
+    latents and at the model's open-loop prediction from the same start and actions, at
+    h = 0, H/4, ..., H. None when the buffer holds no such slice."""
+    H, R = agent.horizon, buffer.filled
+    c = buffer.obs[:R, :, PITCH[task][0]].cos()
+    ends = buffer.done[:R]
+    starts = [(t, e) for t in range(R - H) for e in range(c.shape[1])
+              if c[t, e] > 0.5 and c[t + H, e] < -0.5 and not ends[t:t + H, e].any()]
+    if not starts:
+        return None
+    pick = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:slices]
+    t0, e0 = (torch.tensor([starts[i][k] for i in pick.tolist()]) for k in (0, 1))
+    obs = torch.stack([buffer.obs[t0 + h, e0] for h in range(H + 1)])
+    act = torch.stack([buffer.action[t0 + h, e0] for h in range(H)])
+    z, pred = agent.wm.encode(obs[0]), []
+    for h in range(H + 1):
+        pred.append(z)
+        if h < H:
+            z = agent.wm.next(z, act[h])
+    value = lambda zs: agent.critic.min_value(zs).squeeze(-1).mean().item()  # noqa: E731
+    hs = sorted({round(H * k / 4) for k in range(5)})
+    return {"slices": len(pick), "h": hs, "value_encoded": [value(agent.wm.encode(obs[h])) for h in hs],
+            "value_predicted": [value(pred[h]) for h in hs]}
+
+
 def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: int = 123) -> dict:
     run = load_run(run_dir)
     task = run.config["env"]["task"]
@@ -77,7 +105,7 @@ def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: i
     rows = episodes_back * probe.max_episode_steps
     probe.close()
     out = {"run": str(run_dir), "task": task, "env_steps": state.get("env_steps"),
-           "buffer": buffer_posture(agent, buffer, task, rows)}
+           "buffer": buffer_posture(agent, buffer, task, rows), "flip_prediction": flip_prediction(agent, buffer, task)}
     if rollout_envs > 0:
         out["policy"] = policy_posture(agent, task, rollout_envs, seed)
     return out
@@ -105,6 +133,14 @@ def main(argv=None) -> int:
     print("| run | env steps | flipped (collected) | reward / value flipped | reward / value upright "
           "| policy return | policy flipped |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    flips = []
     for run in args.runs:
-        print(format_row(posture(run, args.episodes_back, args.rollout_envs, args.seed)), flush=True)
+        d = posture(run, args.episodes_back, args.rollout_envs, args.seed)
+        print(format_row(d), flush=True)
+        flips.append((run, d["flip_prediction"]))
+    print("\nCritic value along real slices that flip (upright at h=0, upside down at h=H): at the encoded "
+          "real latents / at the model's open-loop prediction (real actions)\n")
+    for run, f in flips:
+        print(f"{run}: " + ("no such slice" if f is None else f"{f['slices']} slices; " + ", ".join(
+            f"h={h} {e:.1f} / {p:.1f}" for h, e, p in zip(f["h"], f["value_encoded"], f["value_predicted"]))))
     return 0
