@@ -113,7 +113,7 @@ def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: i
 
 def format_row(d: dict) -> str:
     b, f, u = d["buffer"], d["buffer"]["flipped"], d["buffer"]["upright"]
-    side = lambda s: f"{s['reward']:.3f} / {s['value']:.1f}" if s["steps"] else "–"
+    side = lambda s: f"{s['reward']:.3f} ({s['predicted_reward']:.3f}) / {s['value']:.1f}" if s["steps"] else "–"
     pol = d.get("policy")
     pol_txt = (f"{sum(pol['returns']) / len(pol['returns']):.1f} | "
                f"{100 * sum(pol['flipped_fraction']) / len(pol['flipped_fraction']):.0f} %") if pol else "– | –"
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.episodes_back < 1 or args.rollout_envs < 0:
         raise UserError("--episodes-back must be >= 1 and --rollout-envs >= 0")
-    print("| run | env steps | flipped (collected) | reward / value flipped | reward / value upright "
+    print("| run | env steps | flipped (collected) | reward (predicted) / value, flipped | same, upright "
           "| policy return | policy flipped |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     flips = []
