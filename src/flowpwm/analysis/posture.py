@@ -4,7 +4,7 @@ collected and under its final deterministic policy, with the reward and critic v
 side of the flip, and whether the world model sees a flip coming (`flip_prediction`).
 
 A flipped half-cheetah earns ~0.07 reward per step against 0.3-0.5 upright, and it does not
-right itself: a policy that flips it is stuck at ~0.15-0.25 of TD-MPC2's return. This is how
+right itself: a policy that flips it is stuck at ~0.1-0.3 of TD-MPC2's return. This is how
 the flow model's cheetah-run runs at std-2 exploration fail (docs/results.md, issue 15).
 
     python scripts/posture.py RUN_DIR [RUN_DIR ...] [--episodes-back 2] [--rollout-envs 4]
@@ -75,13 +75,13 @@ def flip_prediction(agent, buffer, task: str, slices: int = 256, seed: int = 0) 
     h = 0, H/4, ..., H. None when the buffer holds no such slice."""
     H, R = agent.horizon, buffer.filled
     c = buffer.obs[:R, :, PITCH[task][0]].cos()
-    ends = buffer.done[:R]
-    starts = [(t, e) for t in range(R - H) for e in range(c.shape[1])
-              if c[t, e] > 0.5 and c[t + H, e] < -0.5 and not ends[t:t + H, e].any()]
-    if not starts:
+    ends = torch.cat([torch.zeros(1, c.shape[1]), buffer.done[:R].float().cumsum(0)])  # episode ends before row t
+    ok = (c[:R - H] > 0.5) & (c[H:] < -0.5) & (ends[H:R] == ends[:R - H])  # no end among rows t..t+H-1
+    starts = ok.nonzero()
+    if len(starts) == 0:
         return None
     pick = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:slices]
-    t0, e0 = (torch.tensor([starts[i][k] for i in pick.tolist()]) for k in (0, 1))
+    t0, e0 = starts[pick, 0], starts[pick, 1]
     obs = torch.stack([buffer.obs[t0 + h, e0] for h in range(H + 1)])
     act = torch.stack([buffer.action[t0 + h, e0] for h in range(H)])
     z, pred = agent.wm.encode(obs[0]), []
