@@ -3,8 +3,8 @@ there (cheetah-run: the torso pitch), the fraction of steps spent flipped, in th
 collected and under its final deterministic policy, with the reward and critic value on each
 side of the flip, and whether the world model sees a flip coming (`flip_prediction`).
 
-A flipped half-cheetah earns ~0.07 reward per step against 0.3-0.5 upright, and it does not
-right itself: a policy that flips it is stuck at ~0.1-0.3 of TD-MPC2's return. This is how
+A flipped half-cheetah earns ~0.07 reward per step against 0.3-0.5 upright, and it seldom
+rights itself: a policy that flips it is stuck at ~0.1-0.3 of TD-MPC2's return. This is how
 the flow model's cheetah-run runs at std-2 exploration fail (docs/results.md, issue 15).
 
     python scripts/posture.py RUN_DIR [RUN_DIR ...] [--episodes-back 2] [--rollout-envs 4]
