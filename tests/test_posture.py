@@ -46,10 +46,12 @@ def test_buffer_posture_splits_reward_and_value_by_posture(cheetah):
 
 def test_policy_posture_runs_whole_episodes_from_reset():
     torch.manual_seed(0)
-    env = make_env("cheetah-run", 1, seed=0)
+    env = make_env("cheetah-run", 2, seed=0)
     agent = PWM(load_alg("pwm_tiny"), env.obs_dim, env.action_dim)
-    env.close()
-    out = policy_posture(agent, "cheetah-run", envs=2, seed=5)
+    try:
+        out = policy_posture(agent, env, "cheetah-run", seed=5)
+    finally:
+        env.close()
     assert len(out["returns"]) == 2 and all(0 <= f <= 1 for f in out["flipped_fraction"])
     assert all(0 <= r <= 500 for r in out["returns"])  # 500 agent steps, reward in [0, 1]
 

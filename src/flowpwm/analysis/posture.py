@@ -20,14 +20,15 @@ from flowpwm.analysis.diagnostics import load_agent
 from flowpwm.analysis.runs import load_run
 from flowpwm.config import UserError
 from flowpwm.envs import make_env
+from flowpwm.models.rollout import open_loop_errors
 
-# task -> (index of the body's pitch angle in the observation, what it is)
-PITCH = {"cheetah-run": (1, "torso pitch (rooty)")}
+# task -> index of the body's pitch angle in the observation (cheetah-run: the torso's rooty)
+PITCH = {"cheetah-run": 1}
 
 
 def flipped(obs: torch.Tensor, task: str) -> torch.Tensor:
     """True where the body is upside down: its pitch more than 90° from upright."""
-    return obs[..., PITCH[task][0]].cos() < 0
+    return obs[..., PITCH[task]].cos() < 0
 
 
 @torch.no_grad()
@@ -50,20 +51,18 @@ def buffer_posture(agent, buffer, task: str, rows: int) -> dict:
 
 
 @torch.no_grad()
-def policy_posture(agent, task: str, envs: int, seed: int) -> dict:
-    """One episode per env from reset under the deterministic policy: return and flipped fraction."""
-    env = make_env(task, envs, seed=seed)
-    try:
-        obs = env.reset(seed=seed)
-        ret, flips, steps, alive = torch.zeros(envs), torch.zeros(envs), 0, torch.ones(envs, dtype=torch.bool)
-        while alive.any():
-            flips += flipped(obs, task).float() * alive
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True).cpu())
-            ret += reward * alive
-            steps += 1
-            alive &= ~(terminated | truncated)
-    finally:
-        env.close()
+def policy_posture(agent, env, task: str, seed: int) -> dict:
+    """One episode per env of `env` from reset under the deterministic policy: return and flipped
+    fraction."""
+    envs = env.num_envs
+    obs = env.reset(seed=seed)
+    ret, flips, steps, alive = torch.zeros(envs), torch.zeros(envs), 0, torch.ones(envs, dtype=torch.bool)
+    while alive.any():
+        flips += flipped(obs, task).float() * alive
+        obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True).cpu())
+        ret += reward * alive
+        steps += 1
+        alive &= ~(terminated | truncated)
     return {"returns": ret.tolist(), "flipped_fraction": (flips / steps).tolist()}
 
 
@@ -74,7 +73,7 @@ def flip_prediction(agent, buffer, task: str, slices: int = 256, seed: int = 0) 
     latents and at the model's open-loop prediction from the same start and actions, at
     h = 0, H/4, ..., H. None when the buffer holds no such slice."""
     H, R = agent.horizon, buffer.filled
-    c = buffer.obs[:R, :, PITCH[task][0]].cos()
+    c = buffer.obs[:R, :, PITCH[task]].cos()
     ends = torch.cat([torch.zeros(1, c.shape[1]), buffer.done[:R].float().cumsum(0)])  # episode ends before row t
     ok = (c[:R - H] > 0.5) & (c[H:] < -0.5) & (ends[H:R] == ends[:R - H])  # no end among rows t..t+H-1
     starts = ok.nonzero()
@@ -84,15 +83,12 @@ def flip_prediction(agent, buffer, task: str, slices: int = 256, seed: int = 0) 
     t0, e0 = starts[pick, 0], starts[pick, 1]
     obs = torch.stack([buffer.obs[t0 + h, e0] for h in range(H + 1)])
     act = torch.stack([buffer.action[t0 + h, e0] for h in range(H)])
-    z, pred = agent.wm.encode(obs[0]), []
-    for h in range(H + 1):
-        pred.append(z)
-        if h < H:
-            z = agent.wm.next(z, act[h])
+    roll = open_loop_errors(agent.wm, obs, act, None)
+    encoded = agent.wm.encode(obs)
     value = lambda zs: agent.critic.min_value(zs).squeeze(-1).mean().item()  # noqa: E731
     hs = sorted({round(H * k / 4) for k in range(5)})
-    return {"slices": len(pick), "h": hs, "value_encoded": [value(agent.wm.encode(obs[h])) for h in hs],
-            "value_predicted": [value(pred[h]) for h in hs]}
+    return {"slices": len(pick), "h": hs, "value_encoded": [value(encoded[h]) for h in hs],
+            "value_predicted": [value(roll["predicted"][h]) for h in hs]}
 
 
 def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: int = 123) -> dict:
@@ -101,13 +97,15 @@ def posture(run_dir: str, episodes_back: int = 2, rollout_envs: int = 4, seed: i
     if task not in PITCH:
         raise UserError(f"{run_dir}: task {task!r} has no pitch observation known here; known: {', '.join(PITCH)}")
     agent, buffer, state = load_agent(run_dir)
-    probe = make_env(task, 1, seed=seed)
-    rows = episodes_back * probe.max_episode_steps
-    probe.close()
-    out = {"run": str(run_dir), "task": task, "env_steps": state.get("env_steps"),
-           "buffer": buffer_posture(agent, buffer, task, rows), "flip_prediction": flip_prediction(agent, buffer, task)}
-    if rollout_envs > 0:
-        out["policy"] = policy_posture(agent, task, rollout_envs, seed)
+    env = make_env(task, max(rollout_envs, 1), seed=seed)  # its episode length sets the rows read
+    try:
+        out = {"run": str(run_dir), "task": task, "env_steps": state.get("env_steps"),
+               "buffer": buffer_posture(agent, buffer, task, episodes_back * env.max_episode_steps),
+               "flip_prediction": flip_prediction(agent, buffer, task)}
+        if rollout_envs > 0:
+            out["policy"] = policy_posture(agent, env, task, seed)
+    finally:
+        env.close()
     return out
 
 

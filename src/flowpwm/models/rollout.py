@@ -19,19 +19,20 @@ def open_loop_from_latents(wm, target: torch.Tensor, action: torch.Tensor,
     error against how far the true latent moved: scale-free, 1 = no better than standing
     still); |predicted - true reward| of the step's transition (when `reward` (H, B, 1) is
     given); the smallest predicted latent entry (below 0 = off the SimNorm simplex); plus the
-    true and the predicted last latents."""
-    z, latent, rel, rew, lowest = target[0], [], [], [], []
+    true and the predicted last latents, and every predicted latent ẑ_0..ẑ_H (H+1, B, D)."""
+    z, latent, rel, rew, lowest, predicted = target[0], [], [], [], [], [target[0]]
     for t in range(action.shape[0]):
         if reward is not None:
             rew.append((wm.reward_value(z, action[t], task) - reward[t]).abs().mean().item())
         z = wm.next(z, action[t], task)
+        predicted.append(z)
         err = (z - target[t + 1]).pow(2)
         latent.append(err.mean().item())
         moved = (target[t + 1] - target[0]).pow(2).sum(-1).clamp(min=1e-12)
         rel.append((err.sum(-1) / moved).median().item())
         lowest.append(z.min().item())
     return {"latent_mse": latent, "latent_rel_err": rel, "reward_abs_err": rew, "min_latent": lowest,
-            "last_encoded": target[-1], "last_predicted": z}
+            "last_encoded": target[-1], "last_predicted": z, "predicted": torch.stack(predicted)}
 
 
 @torch.no_grad()
