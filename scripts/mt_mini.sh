@@ -11,7 +11,10 @@
 #   POLICY_ITERATIONS (2000)  EVAL_EVERY (200)  EVAL_EPISODES (10)  THREADS (1)
 #   WANDB (wandb.mode: auto)  COLLECT_ARGS  PRETRAIN_ARGS  POLICY_ARGS  COMPARE_ARGS   (space-separated, last)
 #   FLOWPWM (the checkout's .venv/bin/flowpwm, else flowpwm on PATH)
-# Each stage's wall time goes to OUT_DIR/stage_times.tsv. A stage that fails stops the script.
+# Each stage's wall time goes to OUT_DIR/stage_times.tsv (stage, seconds, done | interrupted | failed).
+# A stage that fails stops the script. Run it again on the same OUT_DIR to continue: finished stages
+# are skipped, the runs of the unfinished one continue from their checkpoints (resume=auto), and
+# settings that differ from the ones OUT_DIR was started with are refused.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +23,11 @@ FLOWPWM=${FLOWPWM:-$([[ -x $root/.venv/bin/flowpwm ]] && echo "$root/.venv/bin/f
 PY=${PY:-$([[ -x $root/.venv/bin/python ]] && echo "$root/.venv/bin/python" || echo python3)}
 TASKS=${TASKS:-$("$PY" -c 'from flowpwm.envs.tasksets import MT_MINI; print(",".join(MT_MINI))')}
 SEEDS=${SEEDS:-0,1,2}
+ONLINE_STEPS=${ONLINE_STEPS:-50000}
+PRETRAIN_ITERATIONS=${PRETRAIN_ITERATIONS:-10000}
+POLICY_ITERATIONS=${POLICY_ITERATIONS:-2000}
+EVAL_EVERY=${EVAL_EVERY:-200}
+EVAL_EPISODES=${EVAL_EPISODES:-10}
 THREADS=${THREADS:-1}
 read -ra collect_args <<<"${COLLECT_ARGS:-}"
 read -ra pretrain_args <<<"${PRETRAIN_ARGS:-}"
@@ -27,29 +35,66 @@ read -ra policy_args <<<"${POLICY_ARGS:-}"
 read -ra compare_args <<<"${COMPARE_ARGS:-}"
 quiet=("wandb.mode=${WANDB:-auto}" monitor.progress=lines)
 
-[[ -e $OUT && -n $(ls -A "$OUT" 2>/dev/null) ]] && { echo "mt_mini: $OUT exists and is not empty: choose a new OUT_DIR" >&2; exit 2; }
-mkdir -p "$OUT"
-printf 'stage\tseconds\n' >"$OUT/stage_times.tsv"
+# What the result depends on: a continued OUT_DIR must be run with the same.
+settings=$(for v in TASKS SEEDS ONLINE_STEPS PRETRAIN_ITERATIONS POLICY_ITERATIONS EVAL_EVERY EVAL_EPISODES \
+                    COLLECT_ARGS PRETRAIN_ARGS POLICY_ARGS COMPARE_ARGS; do printf '%s=%s\n' "$v" "${!v:-}"; done)
+times=$OUT/stage_times.tsv
+if [[ -e $OUT && -n $(ls -A "$OUT" 2>/dev/null) ]]; then
+    [[ -f $OUT/settings.txt && -f $times ]] ||
+        { echo "mt_mini: $OUT exists and is not an mt_mini output directory: choose a new OUT_DIR" >&2; exit 2; }
+    differ=$(diff <(cat "$OUT/settings.txt") <(echo "$settings") | sed -n 's/^> //p' | paste -sd ' ' -) || true
+    [[ -z $differ ]] || { echo "mt_mini: $OUT was started with other settings ($differ differ from" \
+        "$OUT/settings.txt): continue it with those, or choose a new OUT_DIR" >&2; exit 2; }
+    export FLOWPWM_RESUME=auto  # every run of an unfinished stage continues from its checkpoint
+    echo "== mt_mini: continuing $OUT; done: $(awk -F'\t' '$3 == "done" {print $1}' "$times" | paste -sd ' ' -)"
+else
+    mkdir -p "$OUT"
+    echo "$settings" >"$OUT/settings.txt"
+    printf 'stage\tseconds\tstatus\n' >"$times"
+fi
 
-stage() {  # stage NAME COMMAND...: run it, record its wall time
+finished() { awk -F'\t' -v n="$1" '$1 == n && $3 == "done" {f = 1} END {exit !f}' "$times"; }
+
+interrupted() {  # interrupted NAME START EXIT_CODE
+    printf '%s\t%s\tinterrupted\n' "$1" $((SECONDS - $2)) >>"$times"
+    echo "== mt_mini: $1 interrupted; run the same command again to continue" >&2
+    exit "$3"
+}
+
+stage() {  # stage NAME COMMAND...: run it (unless done before), record its wall time and how it ended
     local name=$1 start=$SECONDS
     shift
+    if finished "$name"; then
+        echo "== mt_mini: $name: done before, skipped"
+        return
+    fi
     echo "== mt_mini: $name: $*"
-    "$@"
-    printf '%s\t%s\n' "$name" $((SECONDS - start)) >>"$OUT/stage_times.tsv"
+    # A scheduler's SIGTERM (or ^C) reaches the stage's runs too: they checkpoint, then this records it.
+    trap 'interrupted "$name" $start 143' TERM
+    trap 'interrupted "$name" $start 130' INT
+    local rc=0
+    "$@" || rc=$?
+    trap - TERM INT
+    if ((rc != 0)); then
+        printf '%s\t%s\tfailed\n' "$name" $((SECONDS - start)) >>"$times"
+        echo "== mt_mini: $name failed (exit $rc); run the same command again to continue" >&2
+        exit "$rc"
+    fi
+    printf '%s\t%s\tdone\n' "$name" $((SECONDS - start)) >>"$times"
     echo "== mt_mini: $name done in $((SECONDS - start)) s"
 }
 
-stage collect "$FLOWPWM" train -m wm=mlp "env.task=$TASKS" "train.env_steps=${ONLINE_STEPS:-50000}" \
+stage collect "$FLOWPWM" train -m wm=mlp "env.task=$TASKS" "train.env_steps=$ONLINE_STEPS" \
     "train.threads=$THREADS" train.plots=false train.esnr_every=0 "${quiet[@]}" "hydra.sweep.dir=$OUT/collect" \
     "${collect_args[@]}"
+finished export || rm -rf "$OUT/data"  # what an export cut short left of a dataset
 stage export "$FLOWPWM" data export "$OUT"/collect/*/ --out "$OUT/data" --task-set mt-mini
 stage pretrain "$FLOWPWM" pretrain -m wm=mlp,flow "data.path=$OUT/data" \
-    "pretrain.iterations=${PRETRAIN_ITERATIONS:-10000}" "pretrain.threads=$THREADS" "${quiet[@]}" \
+    "pretrain.iterations=$PRETRAIN_ITERATIONS" "pretrain.threads=$THREADS" "${quiet[@]}" \
     "hydra.sweep.dir=$OUT/pretrain" "${pretrain_args[@]}"
 stage policies "$FLOWPWM" train-policy -m wm=mlp,flow "task=$TASKS" "seed=$SEEDS" "pretrained=$OUT/pretrain" \
-    "policy.iterations=${POLICY_ITERATIONS:-2000}" "policy.eval_every=${EVAL_EVERY:-200}" \
-    "policy.eval_episodes=${EVAL_EPISODES:-10}" "policy.threads=$THREADS" "${quiet[@]}" \
+    "policy.iterations=$POLICY_ITERATIONS" "policy.eval_every=$EVAL_EVERY" \
+    "policy.eval_episodes=$EVAL_EPISODES" "policy.threads=$THREADS" "${quiet[@]}" \
     "hydra.sweep.dir=$OUT/policy" "${policy_args[@]}"
 stage compare "$FLOWPWM" compare --by alg.world_model.type "$OUT"/policy/*/ --out "$OUT/compare" "${compare_args[@]}"
 

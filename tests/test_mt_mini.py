@@ -2,8 +2,11 @@
 world models) → per-task policies (tasks × world models) → compare over tasks × seeds."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mt_mini.sh"
@@ -21,20 +24,53 @@ TINY = {
 }
 
 
-def test_mt_mini_pipeline_runs_end_to_end_at_a_tiny_budget(tmp_path):
+def stages(out: Path) -> list[list[str]]:
+    return [line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()[1:]]
+
+
+def test_mt_mini_pipeline_runs_end_to_end_and_continues_after_an_interruption(tmp_path):
     out = tmp_path / "mt-mini"
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
            "PY": sys.executable, "FLOWPWM": str(Path(sys.executable).parent / "flowpwm"), **TINY}
-    r = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=300,
+    script = ["bash", str(SCRIPT), str(out)]
+
+    # A scheduler stops the whole job (SIGTERM to its process group) while the policies train.
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(script, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not list(out.glob("policy/*/checkpoints/*")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no policy checkpoint within 300 s"
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=120) == 143, (tmp_path / "first.log").read_text()[-3000:]
+    assert [(name, status) for name, _, status in stages(out)] == [
+        ("collect", "done"), ("export", "done"), ("pretrain", "done"), ("policies", "interrupted")]
+
+    # Other settings on the same OUT_DIR: one line, exit 2, nothing run or written.
+    r = subprocess.run(script, capture_output=True, text=True, env={**env, "ONLINE_STEPS": "64"}, timeout=60,
                        cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "ONLINE_STEPS=64" in r.stderr, r.stderr
+    assert len(stages(out)) == 4
+
+    # The same command continues: finished stages skipped, the interrupted one resumed.
+    r = subprocess.run(script, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    times = dict(line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()[1:])
-    assert list(times) == ["collect", "export", "pretrain", "policies", "compare"]
+    assert "collect: done before, skipped" in r.stdout and "pretrain: done before, skipped" in r.stdout
+    assert [name for name, _, status in stages(out) if status == "done"] == [
+        "collect", "export", "pretrain", "policies", "compare"]
     export = json.loads((out / "data" / "export.json").read_text())
     assert sorted(run["task"] for run in export["runs"]) == ["cartpole-balance", "pendulum-spin"]
     assert len([d for d in (out / "pretrain").iterdir() if d.is_dir()]) == 2
     policies = [d for d in (out / "policy").iterdir() if d.is_dir()]
     assert len(policies) == 4  # 2 tasks x 1 seed x 2 world models
+    resumed = [d for d in policies if (d / "config_history.jsonl").is_file()]
+    assert resumed, "the interrupted policy run did not continue from its checkpoint"
+    for d in policies:  # each ran to the end, once
+        iterations = [json.loads(line)["iteration"] for line in (d / "metrics.jsonl").read_text().splitlines()
+                      if "iteration" in line]
+        assert iterations[-1] == 4 and len(iterations) == len(set(iterations)), (d, iterations)
     summary = (out / "compare" / "summary.csv").read_text()
     assert summary.splitlines()[1].startswith("flow,2,") and summary.splitlines()[2].startswith("mlp,2,")
     md = (out / "compare" / "report.md").read_text()
