@@ -11,6 +11,7 @@ Adam, no compile, no TF32) of the same world model and size.
     python benchmarks/bench_epoch.py                                  # tiny, both world models, CPU
     python benchmarks/bench_epoch.py --sizes 5M 48M --device cuda --task Hopper-v5 --num-envs 64
     python benchmarks/bench_epoch.py --knobs all --baseline-src /tmp/old/src   # + old code as `before`
+    python benchmarks/bench_epoch.py --profile 15 --task cheetah-run            # where a default epoch goes
 
 `--baseline-src DIR` adds a variant `before`: the same epoch run by the flowpwm package in DIR
 (e.g. the `src` of a `git worktree` of an older commit; its own configs, no perf knobs), and the
@@ -68,7 +69,10 @@ def child(spec: dict) -> dict:
                         random_actions=True)
         monitor = TrainingMonitor(trainer.total_epochs, 0, mode="off")
         times, cpu, warm, start = [], [], [], time.perf_counter()
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
         for i in range(spec["warmup"] + spec["epochs"]):
+            if i == spec["warmup"] and spec.get("profile"):
+                profiler.start()
             t, c = time.perf_counter(), time.process_time()
             trainer.train_epoch(start, monitor, NoWandb())
             if spec["device"].startswith("cuda"):
@@ -78,6 +82,10 @@ def child(spec: dict) -> dict:
                 cpu.append(time.process_time() - c)
             else:
                 warm.append(time.perf_counter() - t)
+        if spec.get("profile"):
+            profiler.stop()
+            ops = sorted(((e.key, e.self_cpu_time_total) for e in profiler.key_averages()), key=lambda o: -o[1])
+            return {"times": times, "cpu_times": cpu, "warmup_s": sum(warm), "ops": ops}
         return {"times": times, "cpu_times": cpu, "warmup_s": sum(warm)}
     finally:
         trainer.close()
@@ -100,10 +108,24 @@ def variants(knobs: list[str], device: str, baseline_src: str | None,
     return out
 
 
-def run_child(args, wm: str, size: str, src: str | None, overrides: list[str]) -> dict:
+MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+
+
+def print_profile(wm: str, size: str, res: dict, top: int) -> None:
+    """The operators' share of the profiled epochs' self CPU time, the matrix products summed."""
+    total = sum(t for _, t in res["ops"])
+    matmul = sum(t for name, t in res["ops"] if name in MATMUL)
+    print(f"\n{wm} {size}, defaults: {statistics.median(res['times']):.3f} s / epoch; operators' self CPU time "
+          f"{total / 1e6:.2f} s over {len(res['times'])} epochs, matrix products {matmul / total:.0%}\n")
+    print("| operator | self CPU (s) | share |\n|---|---:|---:|")
+    for name, t in res["ops"][:top]:
+        print(f"| `{name}` | {t / 1e6:.3f} | {t / total:.1%} |")
+
+
+def run_child(args, wm: str, size: str, src: str | None, overrides: list[str], profile: bool = False) -> dict:
     spec = {"wm": wm, "size": size, "task": args.task, "num_envs": args.num_envs, "device": args.device,
             "threads": args.threads, "overrides": overrides, "epochs": args.epochs, "warmup": args.warmup,
-            "random_steps": args.random_steps}
+            "random_steps": args.random_steps, "profile": profile}
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
@@ -133,6 +155,9 @@ def main() -> int:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or this process's CPU time (on a loaded shared CPU: the work done, not the "
                         "waiting; with --threads 1 only)")
+    p.add_argument("--profile", type=int, metavar="N",
+                   help="instead of timing variants: profile the timed epochs of `defaults` (torch.profiler, one "
+                        "process per world model and size) and print the N operators with the most CPU time")
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -143,6 +168,11 @@ def main() -> int:
     unknown = sorted(set(knobs) - set(KNOBS))
     if unknown:
         p.error(f"--knobs: unknown {', '.join(unknown)}; choose from all, none, {', '.join(KNOBS)}")
+    if args.profile:
+        for wm in args.wms:
+            for size in args.sizes:
+                print_profile(wm, size, run_child(args, wm, size, None, [], profile=True), args.profile)
+        return 0
     table = variants(knobs, args.device, args.baseline_src, singles=not args.no_singles)
     times = {(wm, size, v): [] for wm in args.wms for size in args.sizes for v in table}
     for r in range(args.rounds):
