@@ -86,7 +86,7 @@ def test_target_critic_bootstraps_the_rollout_and_trails_the_critic_by_alpha():
     """alpha = 0 (PWM): the critic being trained bootstraps; alpha > 0: a copy moved by (1 - alpha)
     toward the critic after each actor update, and only it gives the rollout's values."""
     torch.manual_seed(0)
-    pwm = agent("mlp")
+    pwm = agent("mlp", target_critic_alpha=0.0)
     assert pwm.critic_target is None and pwm.value_critic is pwm.critic
     a = agent("mlp", horizon=3, target_critic_alpha=0.75)
     obs0 = torch.randn(8, 6)
@@ -110,6 +110,6 @@ def test_target_critic_is_saved_and_restored():
     a.update_policy(torch.randn(8, 6))
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(p, q) for p, q in zip(a.critic_target.parameters(), b.critic_target.parameters()))
-    pwm_ckpt = agent("mlp").state_dict()  # written with alpha 0: the target starts at the critic
+    pwm_ckpt = agent("mlp", target_critic_alpha=0.0).state_dict()  # written with alpha 0: the target starts at the critic
     b.load_state_dict(pwm_ckpt)
     assert all(torch.equal(p, q) for p, q in zip(b.critic_target.parameters(), b.critic.parameters()))
