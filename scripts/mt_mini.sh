@@ -42,7 +42,7 @@ times=$OUT/stage_times.tsv
 if [[ -e $OUT && -n $(ls -A "$OUT" 2>/dev/null) ]]; then
     [[ -f $OUT/settings.txt && -f $times ]] ||
         { echo "mt_mini: $OUT exists and is not an mt_mini output directory: choose a new OUT_DIR" >&2; exit 2; }
-    differ=$(diff <(cat "$OUT/settings.txt") <(echo "$settings") | sed -n 's/^> //p' | paste -sd ' ' -) || true
+    differ=$(diff "$OUT/settings.txt" <(echo "$settings") | sed -n 's/^> //p' | paste -sd ' ' -) || true
     [[ -z $differ ]] || { echo "mt_mini: $OUT was started with other settings ($differ differ from" \
         "$OUT/settings.txt): continue it with those, or choose a new OUT_DIR" >&2; exit 2; }
     export FLOWPWM_RESUME=auto  # every run of an unfinished stage continues from its checkpoint

@@ -20,7 +20,7 @@ from flowpwm.analysis.diagnostics import load_agent
 from flowpwm.analysis.runs import load_run
 from flowpwm.config import UserError
 from flowpwm.envs import make_env
-from flowpwm.models.rollout import open_loop_errors
+from flowpwm.models.rollout import open_loop_from_latents
 
 # task -> index of the body's pitch angle in the observation (cheetah-run: the torso's rooty)
 PITCH = {"cheetah-run": 1}
@@ -83,8 +83,8 @@ def flip_prediction(agent, buffer, task: str, slices: int = 256, seed: int = 0) 
     t0, e0 = starts[pick, 0], starts[pick, 1]
     obs = torch.stack([buffer.obs[t0 + h, e0] for h in range(H + 1)])
     act = torch.stack([buffer.action[t0 + h, e0] for h in range(H)])
-    roll = open_loop_errors(agent.wm, obs, act, None)
     encoded = agent.wm.encode(obs)
+    roll = open_loop_from_latents(agent.wm, encoded, act)
     value = lambda zs: agent.critic.min_value(zs).squeeze(-1).mean().item()  # noqa: E731
     hs = sorted({round(H * k / 4) for k in range(5)})
     return {"slices": len(pick), "h": hs, "value_encoded": [value(encoded[h]) for h in hs],
