@@ -3,6 +3,7 @@ import torch
 
 from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import compose
+from flowpwm.models.actor import saturation
 
 
 def agent(kind="flow", obs_dim=6, action_dim=2, **over):
@@ -49,6 +50,41 @@ def test_flow_settings_reach_next_in_the_actor_rollout():
     n0 = a.wm.nfe
     a.compute_actor_loss(torch.randn(4, 6))
     assert a.wm.nfe - n0 == 3 * 3  # H steps x K euler calls
+
+
+def test_saturation_is_minus_log_tanh_derivative_with_a_gradient_that_never_vanishes():
+    u = torch.tensor([-30.0, -3.0, 0.0, 0.5, 3.0, 30.0], dtype=torch.float64, requires_grad=True)
+    s = saturation(u)
+    exact = -torch.log1p(-torch.tanh(u[1:-1]) ** 2)  # where 1 - tanh^2 is representable
+    assert torch.allclose(s[1:-1], exact, rtol=1e-9) and s[2] == 0
+    assert torch.allclose(s[[0, -1]], 2 * 30.0 - 2 * torch.log(torch.tensor(2.0, dtype=torch.float64)))
+    s.sum().backward()
+    assert torch.allclose(u.grad, 2 * torch.tanh(u.detach()))  # 2 at u = 30, where tanh's own gradient is 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "flow"])
+def test_saturation_coef_pushes_saturated_actions_back_and_zero_leaves_pwms_loss(kind):
+    """Actions pinned at tanh's tails (pre-tanh mean +-12) get no gradient from the return; with
+    saturation_coef = c the actor's output bias gets 2c / (action dims) pulling each mean back
+    toward 0, and the loss and the imagined rollout are otherwise unchanged."""
+    obs0 = torch.randn(32, 6)
+    grads, losses = {}, {}
+    for c in (0.0, 0.05):
+        torch.manual_seed(0)
+        a = agent(kind, horizon=4, **{"actor.saturation_coef": c})
+        with torch.no_grad():
+            a.actor.mu_net[-1].bias.copy_(torch.tensor([12.0, -12.0]))
+        torch.manual_seed(1)
+        loss, data, ret = a.compute_actor_loss(obs0, update_stats=False)
+        loss.backward()
+        grads[c], losses[c] = a.actor.mu_net[-1].bias.grad.clone(), (loss.item(), data["saturation"], ret)
+    assert grads[0.0].abs().max() < 1e-5
+    assert torch.allclose(grads[0.05], torch.tensor([2 * 0.05 / 2, -2 * 0.05 / 2]), rtol=0.02)
+    (l0, sat0, ret0), (l1, sat1, ret1) = losses[0.0], losses[0.05]
+    assert torch.equal(ret0, ret1) and torch.equal(sat0, sat1) and not sat0.requires_grad
+    assert l1 == pytest.approx(l0 + 0.05 * sat0.mean().item(), rel=1e-5)
+    assert sat0.mean() > 20  # ~2|u| - 2 log 2 at |u| ~ 12
+    assert a.update_policy(obs0)["action_saturation"] > 20
 
 
 def test_linear_lr_decay_reaches_min_lr_and_constant_stays():

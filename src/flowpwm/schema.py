@@ -87,6 +87,7 @@ class Actor:
     init_logstd: float = key()
     min_logstd: float = key()
     explore_logstd: float | None = key()
+    saturation_coef: float = key(ge=0)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from flowpwm import perf as perf_lib
 from flowpwm.algorithms.running_stats import RunningMeanStd
 from flowpwm.esnr import compute_esnr
 from flowpwm.losses import compute_wm_loss, wm_loss_kwargs
-from flowpwm.models.actor import Actor
+from flowpwm.models.actor import Actor, saturation
 from flowpwm.models.critic import Critic
 from flowpwm.models.factory import build_world_model
 
@@ -67,6 +67,7 @@ class PWM:
         self.actor = Actor(latent, action_dim, units=list(alg.actor.units), init_logstd=alg.actor.init_logstd,
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.explore_logstd = alg.actor.get("explore_logstd")  # absent in configs older than the key: None, as they ran
+        self.saturation_coef = float(alg.actor.get("saturation_coef", 0.0))  # absent in older configs: PWM, none
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
         # The network the imagined rollouts bootstrap from: the critic itself (PWM), or its slow
         # copy (SHAC's target critic), which keeps a critic spike from feeding its own targets.
@@ -118,10 +119,14 @@ class PWM:
         """Imagined H-step return from real start states, normalised by the running return std
         (updated with these returns unless `update_stats` is False).
 
+        With `actor.saturation_coef` = c > 0 the loss adds c × the mean `saturation` of the sampled
+        pre-tanh actions (per action dimension and imagined step): a restoring push off tanh's
+        flat tails, where the return's gradient through tanh vanishes.
+
         Returns (loss, the critic's TD(λ) data, imagined returns (B,)); the data, all detached:
-        latents z_0..z_{H-1} (H, B, L), rewards (H, B), bootstrap values V(z_{t+1}) (H, B) and,
-        for episodic models, `cont` (H, B): the continuation of z_{t+1} (1 - p or the mask), else
-        None."""
+        latents z_0..z_{H-1} (H, B, L), rewards (H, B), bootstrap values V(z_{t+1}) (H, B),
+        `saturation` (B,) (see `actor.saturation`) and, for episodic models, `cont` (H, B): the
+        continuation of z_{t+1} (1 - p or the mask), else None."""
         with torch.no_grad():
             z = self.wm.encode(obs0, task)
         with frozen(self.wm, self.critic):
@@ -135,6 +140,9 @@ class PWM:
             loss = -(ret / self.ret_rms.std.float()).mean()
         else:
             loss = -(ret / self.horizon).mean()
+        if self.saturation_coef > 0:
+            loss = loss + self.saturation_coef * data["saturation"].mean()
+        data["saturation"] = data["saturation"].detach()
         return loss, data, ret.detach()
 
     def imagine(self, z: torch.Tensor, task=None):
@@ -143,10 +151,14 @@ class PWM:
         with gradient, and the critic's data (see `compute_actor_loss`)."""
         zs, rews, values, conts = [], [], [], []
         ret = torch.zeros(z.shape[0], device=z.device)
+        sat = torch.zeros_like(ret)
         alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
         for t in range(self.horizon):
             zs.append(z.detach())
-            a = self.wm.mask_action(self.actor(z.detach() if self.detach else z), task)
+            u = self.actor.pre_tanh(z.detach() if self.detach else z)
+            real = self.wm.mask_action(torch.ones_like(u), task)  # the task's own action dimensions
+            sat = sat + (saturation(u) * real).sum(-1) / real.sum(-1)
+            a = self.wm.mask_action(torch.tanh(u), task)
             r = self.wm.reward_value(z, a, task).squeeze(-1)
             z = self.wm.next(z, a, task)
             v = self.value_critic.min_value(z).squeeze(-1)
@@ -159,7 +171,7 @@ class PWM:
             values.append(v.detach())
         ret = ret + self.gamma ** self.horizon * alive * v
         data = {"zs": torch.stack(zs), "rewards": torch.stack(rews), "values": torch.stack(values),
-                "cont": torch.stack(conts) if self.episodic else None}
+                "cont": torch.stack(conts) if self.episodic else None, "saturation": sat / self.horizon}
         return ret, data
 
     @torch.no_grad()
@@ -214,7 +226,8 @@ class PWM:
         self.actor_opt.step()
         m = self._metric
         metrics = {"actor_loss": m(loss), "actor_grad_norm": norm, "imagined_return": m(ret.mean()),
-                   "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.logstd.exp().mean())}
+                   "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.logstd.exp().mean()),
+                   "action_saturation": m(data["saturation"].mean())}
         cont, alive = data["cont"], None
         if cont is not None:
             # z_t is alive when no termination happened among z_1..z_t.

@@ -3,6 +3,7 @@ state-independent log-std, tanh-squashed reparameterised samples."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -30,9 +31,21 @@ class Actor(nn.Module):
     def forward(self, z: torch.Tensor, deterministic: bool = False, logstd_floor: float | None = None) -> torch.Tensor:
         """Action in (-1, 1): tanh of the mean, or of a reparameterised Gaussian sample whose
         log-std is at least `min_logstd` (and `logstd_floor` when given: exploration)."""
+        return torch.tanh(self.pre_tanh(z, deterministic, logstd_floor))
+
+    def pre_tanh(self, z: torch.Tensor, deterministic: bool = False, logstd_floor: float | None = None) -> torch.Tensor:
+        """The action before tanh: the mean, or a sample (see `forward`)."""
         mu = self.mu_net(z)
         if deterministic:
-            return torch.tanh(mu)
+            return mu
         floor = self.min_logstd if logstd_floor is None else max(self.min_logstd, logstd_floor)
         std = self.logstd.clamp(min=floor).exp()
-        return torch.tanh(mu + std * torch.randn_like(mu))
+        return mu + std * torch.randn_like(mu)
+
+
+def saturation(u: torch.Tensor) -> torch.Tensor:
+    """-log(1 - tanh(u)^2) elementwise, in the stable form 2(u + softplus(-2u) - log 2): 0 at u = 0,
+    ~2|u| once tanh saturates. Minus the tanh term of a squashed Gaussian's log-density (SAC, app. C),
+    so penalising it is the part of an entropy bonus that keeps actions off tanh's flat tails,
+    where the gradient through tanh vanishes; its own gradient, 2 tanh(u), never does."""
+    return 2.0 * (u + nn.functional.softplus(-2.0 * u) - math.log(2.0))

@@ -31,6 +31,7 @@ RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "trai
 ADDED_KEYS = {
     "alg.wm_loss.termination_pos_weight": 1.0,
     "alg.actor.explore_logstd": None,
+    "alg.actor.saturation_coef": 0.0,
     # the flow knobs of the latent-collapse fix (docs/results.md), at what the code did before them
     "alg.world_model.consistency_coef": 0.0,
     "alg.world_model.fm_source_grad": True,
