@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from flowpwm import integrators
-from flowpwm.analysis.diagnostics import (count_nfe, default_fine_substeps, flow_straightness, format_report,
-                                          jacobian_spectral_norm, latent_spread, main, open_loop_errors, open_loop_from_latents)
+from flowpwm.analysis.diagnostics import (actor_saturation, count_nfe, default_fine_substeps, flow_straightness,
+                                          format_report, jacobian_spectral_norm, latent_spread, main, open_loop_errors,
+                                          open_loop_from_latents)
 from flowpwm.config import UserError
 from flowpwm.data.toy import SimplexMixing, ToyOscillator, sample_windows
+from flowpwm.models.actor import Actor
 from flowpwm.training.online import train
 
 from helpers import fit_flow_to_map, tiny_wm
@@ -141,6 +143,10 @@ def test_diagnose_a_checkpoint_path_end_to_end(kind, tmp_path, capsys):
     assert format_report(d).startswith(str(run))
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temp file
 
+    act = d["actor"]
+    assert 0 <= act["saturated"] <= 1 and 0 < act["tanh_grad"] <= 1 and act["abs_p90"] >= 0
+    assert "pre-tanh means" in text
+
     lat = d["latent"]
     assert lat["total_variance"] > 0 and 1 <= lat["effective_rank"] <= d["latent_dim"] and lat["step_median"] > 0
 
@@ -151,6 +157,20 @@ def test_diagnose_a_checkpoint_path_end_to_end(kind, tmp_path, capsys):
     sim = same["simulator"]
     assert sim["states"] == 2 and math.isfinite(sim["returns"]["real_return"])
     assert -1 <= sim["action_sensitivity"]["latent_cosine"] <= 1 and "against the simulator" in capsys.readouterr().out
+
+
+def test_actor_saturation_tells_saturated_means_from_centred_ones():
+    actor = Actor(8, 3, units=[16])
+    z = torch.randn(256, 8)
+    with torch.no_grad():
+        actor.mu_net[-1].weight.zero_()
+        actor.mu_net[-1].bias.copy_(torch.tensor([0.0, 12.0, -12.0]))
+    s = actor_saturation(actor, z)
+    assert s["saturated"] == pytest.approx(2 / 3) and s["abs_mean"] == pytest.approx(8.0)
+    assert s["tanh_grad"] == pytest.approx(1 / 3, abs=1e-6)  # tanh'(0) = 1, tanh'(+-12) ~ 2e-10
+    with torch.no_grad():
+        actor.mu_net[-1].bias.zero_()
+    assert actor_saturation(actor, z) == {"abs_mean": 0.0, "abs_p90": 0.0, "saturated": 0.0, "tanh_grad": 1.0}
 
 
 def test_latent_spread_tells_a_collapsed_encoder_from_a_spread_one():

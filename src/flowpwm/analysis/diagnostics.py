@@ -37,6 +37,7 @@ FINE_SUBSTEPS = 32  # the fewest reference steps; more when the τ features need
 MAX_FINE_SUBSTEPS = 4096
 REFERENCE_TOLERANCE = 0.05  # reference_gap median above this: the report warns
 SPECTRAL_ITERS = 20
+SATURATED = 3.0  # |pre-tanh mean| beyond this: tanh' < 0.01, the return's gradient barely reaches the actor
 
 # ---------------------------------------------------------------------------------------------
 # smoothness: spectral norm of the one-step Jacobian
@@ -288,6 +289,17 @@ def checkpoint_esnr(agent: PWM, buffer: ReplayBuffer, samples: int = 16, seed: i
                             seed=seed)
 
 
+@torch.no_grad()
+def actor_saturation(actor, z: torch.Tensor) -> dict[str, float]:
+    """How deep the actor's pre-tanh means μ(z) sit in tanh's flat tails: mean and 90th percentile
+    of |μ|, the share of action entries with |μ| > SATURATED, and the mean tanh′(μ), the factor
+    by which the return's gradient reaches μ through the squashing."""
+    mu = actor.pre_tanh(z, deterministic=True)
+    return {"abs_mean": mu.abs().mean().item(), "abs_p90": mu.abs().flatten().quantile(0.9).item(),
+            "saturated": (mu.abs() > SATURATED).float().mean().item(),
+            "tanh_grad": (1 - torch.tanh(mu) ** 2).mean().item()}
+
+
 def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,
              fine_substeps: int | None = None, spectral_iters: int = SPECTRAL_ITERS) -> dict:
     """Every diagnostic of one run's checkpoint as plain JSON-able values.
@@ -322,6 +334,7 @@ def diagnose(run_dir_or_ckpt: str | Path, slices: int = 512, seed: int = 0,
         "jacobian_spectral_norm": {**_stats(sigma), "iters": int(spectral_iters)},
         "nfe": count_nfe(wm, z0, a0, H),
         "esnr": esnr,
+        "actor": actor_saturation(agent.actor, z0),
         "latent": {**latent_spread(z0), "step_median": (z1 - z0).norm(dim=-1).median().item()},
         "flow": None,
         "termination": termination_accuracy(wm, buffer, 8 * slices, seed) if agent.episodic else None,
@@ -379,6 +392,11 @@ def format_report(d: dict) -> str:
                    f"{nfe['per_rollout']} per {H}-step rollout"),
               "", (f"actor-gradient ESNR at this checkpoint ({int(d['esnr']['samples'])} micro-batches): "
                    f"{d['esnr']['esnr_db']:.2f} dB (norm form), {d['esnr']['esnr_param_db']:.2f} dB (per parameter)")]
+    act = d.get("actor")  # absent in reports written before it existed
+    if act:
+        lines += ["", (f"actor's pre-tanh means μ at the slices' first latents: |μ| mean {act['abs_mean']:.2f}, "
+                       f"90th percentile {act['abs_p90']:.2f}; {act['saturated']:.0%} of the action entries beyond "
+                       f"|μ| > {SATURATED:g} (tanh′ < 0.01); mean tanh′(μ) {act['tanh_grad']:.3f}")]
     return "\n".join(lines)
 
 
