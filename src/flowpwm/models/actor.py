@@ -45,7 +45,7 @@ class Actor(nn.Module):
 
 def saturation(u: torch.Tensor) -> torch.Tensor:
     """-log(1 - tanh(u)^2) elementwise, in the stable form 2(u + softplus(-2u) - log 2): 0 at u = 0,
-    ~2|u| once tanh saturates. Minus the tanh term of a squashed Gaussian's log-density (SAC, app. C),
+    ~2|u| once tanh saturates. It is the tanh term of a squashed Gaussian's log-density (SAC, app. C),
     so penalising it is the part of an entropy bonus that keeps actions off tanh's flat tails,
     where the gradient through tanh vanishes; its own gradient, 2 tanh(u), never does."""
     return 2.0 * (u + nn.functional.softplus(-2.0 * u) - math.log(2.0))
