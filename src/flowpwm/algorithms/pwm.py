@@ -149,15 +149,13 @@ class PWM:
         """The actor's H-step rollout through the world model from latents z (B, L) (called with
         the world model and critic frozen): the discounted imagined return with its bootstrap (B,),
         with gradient, and the critic's data (see `compute_actor_loss`)."""
-        zs, rews, values, conts = [], [], [], []
+        zs, us, rews, values, conts = [], [], [], [], []
         ret = torch.zeros(z.shape[0], device=z.device)
-        sat = torch.zeros_like(ret)
         alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
         for t in range(self.horizon):
             zs.append(z.detach())
             u = self.actor.pre_tanh(z.detach() if self.detach else z)
-            real = self.wm.mask_action(torch.ones_like(u), task)  # the task's own action dimensions
-            sat = sat + (saturation(u) * real).sum(-1) / real.sum(-1)
+            us.append(u)
             a = self.wm.mask_action(torch.tanh(u), task)
             r = self.wm.reward_value(z, a, task).squeeze(-1)
             z = self.wm.next(z, a, task)
@@ -170,8 +168,10 @@ class PWM:
             rews.append(r.detach())
             values.append(v.detach())
         ret = ret + self.gamma ** self.horizon * alive * v
+        real = self.wm.mask_action(torch.ones_like(u), task)  # the task's own action dimensions
+        sat = (saturation(torch.stack(us)) * real).sum(-1) / real.sum(-1)  # (H, B), per action dimension
         data = {"zs": torch.stack(zs), "rewards": torch.stack(rews), "values": torch.stack(values),
-                "cont": torch.stack(conts) if self.episodic else None, "saturation": sat / self.horizon}
+                "cont": torch.stack(conts) if self.episodic else None, "saturation": sat.mean(0)}
         return ret, data
 
     @torch.no_grad()

@@ -295,8 +295,9 @@ def actor_saturation(actor, z: torch.Tensor) -> dict[str, float]:
     of |μ|, the share of action entries with |μ| > SATURATED, and the mean tanh′(μ), the factor
     by which the return's gradient reaches μ through the squashing."""
     mu = actor.pre_tanh(z, deterministic=True)
-    return {"abs_mean": mu.abs().mean().item(), "abs_p90": mu.abs().flatten().quantile(0.9).item(),
-            "saturated": (mu.abs() > SATURATED).float().mean().item(),
+    size = mu.abs()
+    return {"abs_mean": size.mean().item(), "abs_p90": size.flatten().quantile(0.9).item(),
+            "saturated": (size > SATURATED).float().mean().item(),
             "tanh_grad": (1 - torch.tanh(mu) ** 2).mean().item()}
 
 
