@@ -9,6 +9,7 @@
 # Budgets and extra Hydra overrides per stage (environment variables; defaults = the real budget):
 #   TASKS (mt-mini's 6)  SEEDS (0,1,2)  ONLINE_STEPS (50000)  PRETRAIN_ITERATIONS (10000)
 #   POLICY_ITERATIONS (2000)  EVAL_EVERY (200)  EVAL_EPISODES (10)  THREADS (1)
+#   JOBS (the number of cores): runs at the same time within a stage (hydra/launcher=local); 1 = one after another
 #   WANDB (wandb.mode: auto)  COLLECT_ARGS  PRETRAIN_ARGS  POLICY_ARGS  COMPARE_ARGS   (space-separated, last)
 #   FLOWPWM (the checkout's .venv/bin/flowpwm, else flowpwm on PATH)
 # Each stage's wall time goes to OUT_DIR/stage_times.tsv (stage, seconds, done | interrupted | failed).
@@ -29,11 +30,14 @@ POLICY_ITERATIONS=${POLICY_ITERATIONS:-2000}
 EVAL_EVERY=${EVAL_EVERY:-200}
 EVAL_EPISODES=${EVAL_EPISODES:-10}
 THREADS=${THREADS:-1}
+JOBS=${JOBS:-$(nproc)}  # not a setting of the result: a continued OUT_DIR may use another
 read -ra collect_args <<<"${COLLECT_ARGS:-}"
 read -ra pretrain_args <<<"${PRETRAIN_ARGS:-}"
 read -ra policy_args <<<"${POLICY_ARGS:-}"
 read -ra compare_args <<<"${COMPARE_ARGS:-}"
 quiet=("wandb.mode=${WANDB:-auto}" monitor.progress=lines)
+launcher=()
+if ((JOBS > 1)); then launcher=(hydra/launcher=local); export FLOWPWM_JOBS=$JOBS; fi
 
 # What the result depends on: a continued OUT_DIR must be run with the same.
 settings=$(for v in TASKS SEEDS ONLINE_STEPS PRETRAIN_ITERATIONS POLICY_ITERATIONS EVAL_EVERY EVAL_EPISODES \
@@ -84,15 +88,15 @@ stage() {  # stage NAME COMMAND...: run it (unless done before), record its wall
     echo "== mt_mini: $name done in $((SECONDS - start)) s"
 }
 
-stage collect "$FLOWPWM" train -m wm=mlp "env.task=$TASKS" "train.env_steps=$ONLINE_STEPS" \
+stage collect "$FLOWPWM" train -m "${launcher[@]}" wm=mlp "env.task=$TASKS" "train.env_steps=$ONLINE_STEPS" \
     "train.threads=$THREADS" train.plots=false train.esnr_every=0 "${quiet[@]}" "hydra.sweep.dir=$OUT/collect" \
     "${collect_args[@]}"
 finished export || rm -rf "$OUT/data"  # what an export cut short left of a dataset
 stage export "$FLOWPWM" data export "$OUT"/collect/*/ --out "$OUT/data" --task-set mt-mini
-stage pretrain "$FLOWPWM" pretrain -m wm=mlp,flow "data.path=$OUT/data" \
+stage pretrain "$FLOWPWM" pretrain -m "${launcher[@]}" wm=mlp,flow "data.path=$OUT/data" \
     "pretrain.iterations=$PRETRAIN_ITERATIONS" "pretrain.threads=$THREADS" "${quiet[@]}" \
     "hydra.sweep.dir=$OUT/pretrain" "${pretrain_args[@]}"
-stage policies "$FLOWPWM" train-policy -m wm=mlp,flow "task=$TASKS" "seed=$SEEDS" "pretrained=$OUT/pretrain" \
+stage policies "$FLOWPWM" train-policy -m "${launcher[@]}" wm=mlp,flow "task=$TASKS" "seed=$SEEDS" "pretrained=$OUT/pretrain" \
     "policy.iterations=$POLICY_ITERATIONS" "policy.eval_every=$EVAL_EVERY" \
     "policy.eval_episodes=$EVAL_EPISODES" "policy.threads=$THREADS" "${quiet[@]}" \
     "hydra.sweep.dir=$OUT/policy" "${policy_args[@]}"

@@ -74,6 +74,38 @@ def test_wm_override_picks_the_paired_config_and_nothing_else():
     assert translate_wm(["seed=1"]) == ["seed=1"]
 
 
+def test_the_local_launcher_trains_a_sweeps_runs_at_once_with_one_thread_each(tmp_path):
+    """`hydra/launcher=local`: the run dirs of a plain sweep, trained side by side (their lifetimes
+    overlap; the basic launcher runs one after the other), one torch thread each by default."""
+    import torch
+    import yaml
+
+    from test_training import FAST
+
+    fast = [a for a in FAST if not a.startswith("train.threads=")]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "FLOWPWM_JOBS": "2"}
+    r = subprocess.run([sys.executable, "-m", "flowpwm.cli", "train", "-m", "hydra/launcher=local", "wm=mlp",
+                        "seed=0,1", *fast, "train.env_steps=72", f"hydra.sweep.dir={tmp_path}/sweep"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(d for d in (tmp_path / "sweep").iterdir() if d.is_dir())
+    assert [d.name for d in runs] == ["0_pwm_tiny_cartpole-swingup_s0", "1_pwm_tiny_cartpole-swingup_s1"]
+    for d in runs:
+        assert yaml.safe_load((d / "config.yaml").read_text())["train"]["threads"] == 1
+        assert r.stdout.count(f"outputs in {d}") == 1
+    (a_start, a_end), (b_start, b_end) = [((d / "provenance.json").stat().st_mtime,
+                                           (d / "metrics.jsonl").stat().st_mtime) for d in runs]
+    assert a_start < b_end and b_start < a_end, "the two runs did not train at the same time"
+
+    # Its jobs run here, so this machine's hardware is checked first (a cluster launcher skips it).
+    if not torch.cuda.is_available():
+        bad = subprocess.run([sys.executable, "-m", "flowpwm.cli", "train", "-m", "hydra/launcher=local",
+                              "device=cuda", "seed=0,1", f"hydra.sweep.dir={tmp_path}/bad"],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "CUDA is not available" in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_train_through_hydra_writes_a_run_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "flowpwm.cli", "train", "wm=mlp", "train.env_steps=120", "train.seed_steps=80",

@@ -65,11 +65,10 @@ def _train(args: list[str]) -> int:
     args = translate_wm(args)
     flags = {a for a in args if a.startswith("-")}
     if flags <= {"-m", "--multirun"}:  # every job's config is checked before Hydra makes a directory
-        from flowpwm.schema import check_overrides
+        from flowpwm.schema import check_overrides, runs_here
 
         overrides = [a for a in args if not a.startswith("-")]
-        check_overrides(overrides, multirun=bool(flags),
-                        hardware=not any(o.startswith("hydra/launcher=") for o in overrides))
+        check_overrides(overrides, multirun=bool(flags), hardware=runs_here(overrides))
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name="config")
     def hydra_train(cfg: DictConfig) -> float:

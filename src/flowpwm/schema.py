@@ -539,6 +539,15 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
         raise UserError(f"overrides {' '.join(overrides)}: {str(e).strip().splitlines()[0]}") from None
 
 
+LOCAL_LAUNCHERS = ("basic", "local", "joblib")  # hydra/launcher choices whose jobs run on this machine
+
+
+def runs_here(overrides: list[str]) -> bool:
+    """Whether these overrides' jobs run on this machine, so that its hardware is what to check
+    (not with a cluster launcher: hydra/launcher=slurm runs them on the cluster's nodes)."""
+    return all(o.split("=", 1)[1] in LOCAL_LAUNCHERS for o in overrides if o.startswith("hydra/launcher="))
+
+
 def check_overrides(overrides: list[str], multirun: bool = False, hardware: bool = True) -> list:
     """Compose and check the config of each job these overrides start (every combination of a
     sweep with `multirun`); raise ConfigError / UserError naming every problem. Returns the

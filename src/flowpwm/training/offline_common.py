@@ -177,14 +177,14 @@ def run_hydra_command(command: str, config_name: str, args: list[str], job, prec
 
     from flowpwm.cli import print_error, translate_wm
     from flowpwm.config import config_dir
-    from flowpwm.schema import check_offline_overrides
+    from flowpwm.schema import check_offline_overrides, runs_here
 
     args = translate_wm(args)
     flags = {a for a in args if a.startswith("-")}
     if flags <= {"-m", "--multirun"}:
         overrides = [a for a in args if not a.startswith("-")]
         configs = check_offline_overrides(config_name, overrides, multirun=bool(flags),
-                                          hardware=not any(o.startswith("hydra/launcher=") for o in overrides))
+                                          hardware=runs_here(overrides))
         if precheck is not None:
             for cfg in configs:
                 precheck(cfg)
