@@ -102,5 +102,7 @@ stage policies "$FLOWPWM" train-policy -m "${launcher[@]}" wm=mlp,flow "task=$TA
     "hydra.sweep.dir=$OUT/policy" "${policy_args[@]}"
 stage compare "$FLOWPWM" compare --by alg.world_model.type "$OUT"/policy/*/ --out "$OUT/compare" "${compare_args[@]}"
 
-echo "== mt_mini: done; report $OUT/compare/report.md; stage wall times:"
-column -t "$OUT/stage_times.tsv" 2>/dev/null || cat "$OUT/stage_times.tsv"
+# A stage continued after an interruption has one line per segment: its wall time is their sum.
+echo "== mt_mini: done; report $OUT/compare/report.md; wall time per stage (s, segments):"
+awk -F'\t' 'NR > 1 {if (!($1 in s)) order[n++] = $1; s[$1] += $2; k[$1]++}
+             END {for (i = 0; i < n; i++) printf "%-9s %7d  %d\n", order[i], s[order[i]], k[order[i]]}' "$times"

@@ -60,6 +60,15 @@ def test_mt_mini_pipeline_runs_end_to_end_and_continues_after_an_interruption(tm
     assert "collect: done before, skipped" in r.stdout and "pretrain: done before, skipped" in r.stdout
     assert [name for name, _, status in stages(out) if status == "done"] == [
         "collect", "export", "pretrain", "policies", "compare"]
+    # Each stage's wall time is the sum of its segments (policies: interrupted, then continued).
+    totals, segments = {}, {}
+    for name, seconds, _ in stages(out):
+        totals[name] = totals.get(name, 0) + int(seconds)
+        segments[name] = segments.get(name, 0) + 1
+    printed = r.stdout.split("wall time per stage (s, segments):")[1].split()
+    assert [printed[i:i + 3] for i in range(0, len(printed), 3)] == [
+        [name, str(totals[name]), str(segments[name])] for name in totals]
+    assert segments["policies"] == 2
     export = json.loads((out / "data" / "export.json").read_text())
     assert sorted(run["task"] for run in export["runs"]) == ["cartpole-balance", "pendulum-spin"]
     assert len([d for d in (out / "pretrain").iterdir() if d.is_dir()]) == 2
