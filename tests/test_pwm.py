@@ -149,3 +149,22 @@ def test_target_critic_is_saved_and_restored():
     pwm_ckpt = agent("mlp", target_critic_alpha=0.0).state_dict()  # written with alpha 0: the target starts at the critic
     b.load_state_dict(pwm_ckpt)
     assert all(torch.equal(p, q) for p, q in zip(b.critic_target.parameters(), b.critic.parameters()))
+
+
+def test_the_log_std_floor_schedule_goes_linearly_to_its_final_value_then_stays():
+    """alg.actor.min_logstd_final: the floor moves with the env steps; the sampled actions' std
+    follows it wherever the learned log-std is below it; without it the floor never moves."""
+    a = agent("mlp", **{"actor.min_logstd": 0.0, "actor.min_logstd_final": -1.5, "actor.min_logstd_steps": 1000})
+    for steps, floor in ((0, 0.0), (500, -0.75), (1000, -1.5), (50000, -1.5)):
+        a.set_env_steps(steps)
+        assert a.actor.min_logstd == pytest.approx(floor)
+    with torch.no_grad():
+        a.actor.logstd.fill_(-3.0)  # the actor would like less noise than the floor allows
+    a.set_env_steps(500)
+    z = torch.randn(1, 64).expand(20000, 64)
+    noise = a.actor.pre_tanh(z) - a.actor.pre_tanh(z, deterministic=True)
+    assert noise.std().item() == pytest.approx(torch.exp(torch.tensor(-0.75)).item(), rel=0.03)
+    assert a.update_policy(torch.randn(8, 6))["action_std"] == pytest.approx(torch.exp(torch.tensor(-0.75)).item())
+    fixed = agent("mlp", **{"actor.min_logstd": 0.0})
+    fixed.set_env_steps(10 ** 6)
+    assert fixed.actor.min_logstd == 0.0

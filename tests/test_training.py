@@ -109,3 +109,11 @@ def test_diagnose_reports_open_loop_errors_from_a_checkpoint(tmp_path, capsys):
     b = buffer.sample(16, agent.horizon, generator=torch.Generator().manual_seed(0))
     r = open_loop_errors(agent.wm, b["obs"], b["action"], b["reward"])
     assert len(r["latent_mse"]) == agent.horizon and all(math.isfinite(x) for x in r["latent_mse"])
+
+
+def test_online_training_moves_the_log_std_floor_with_its_env_steps(tmp_path):
+    # 2 epochs of 8 env steps after 40 seed steps: the second epoch starts at 48 env steps.
+    extra = ["alg.actor.min_logstd_final=-1.0", "alg.actor.min_logstd_steps=64"]
+    t = OnlineTrainer(cfg_for("mlp", epochs=2, extra=extra), tmp_path, log=lambda *_: None)
+    t.train()
+    assert t.agent.actor.min_logstd == pytest.approx(0.0 - 1.0 * 48 / 64)

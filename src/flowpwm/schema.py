@@ -87,6 +87,8 @@ class Actor:
     init_logstd: float = key()
     min_logstd: float = key()
     explore_logstd: float | None = key()
+    min_logstd_final: float | None = key()
+    min_logstd_steps: int = key(ge=1)
     saturation_coef: float = key(ge=0)
 
 

@@ -68,6 +68,8 @@ class PWM:
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.explore_logstd = alg.actor.get("explore_logstd")  # absent in configs older than the key: None, as they ran
         self.saturation_coef = float(alg.actor.get("saturation_coef", 0.0))  # absent in older configs: PWM, none
+        self.min_logstd = (float(alg.actor.min_logstd), alg.actor.get("min_logstd_final"),  # absent: a fixed floor
+                           int(alg.actor.get("min_logstd_steps", 1)))
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
         # The network the imagined rollouts bootstrap from: the critic itself (PWM), or its slow
         # copy (SHAC's target critic), which keeps a critic spike from feeding its own targets.
@@ -226,7 +228,7 @@ class PWM:
         self.actor_opt.step()
         m = self._metric
         metrics = {"actor_loss": m(loss), "actor_grad_norm": norm, "imagined_return": m(ret.mean()),
-                   "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.logstd.exp().mean()),
+                   "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.std().mean()),
                    "action_saturation": m(data["saturation"].mean())}
         cont, alive = data["cont"], None
         if cont is not None:
@@ -307,6 +309,15 @@ class PWM:
                 "eval_length": sum(sum(ls) for ls in lengths) / len(flat), "eval_episodes": len(flat)}
 
     # -- learning-rate schedule and checkpoints ---------------------------------------------
+    def set_env_steps(self, env_steps: int) -> None:
+        """Online exploration schedule: the actor's log-std floor goes linearly from
+        `actor.min_logstd` to `actor.min_logstd_final` over `actor.min_logstd_steps` env steps, then
+        stays (DrQ-v2's std schedule): wide noise while the data has little reward, then the actor's
+        own std, down to the lower floor, as it learns. Without `min_logstd_final` the floor is fixed."""
+        start, final, steps = self.min_logstd
+        if final is not None:
+            self.actor.min_logstd = start + (float(final) - start) * min(env_steps / steps, 1.0)
+
     def set_progress(self, progress: float) -> None:
         """Linear decay from each initial LR to `min_lr` as progress goes 0 → 1."""
         if self.cfg.lr_schedule != "linear":

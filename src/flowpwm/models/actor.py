@@ -38,9 +38,12 @@ class Actor(nn.Module):
         mu = self.mu_net(z)
         if deterministic:
             return mu
+        return mu + self.std(logstd_floor) * torch.randn_like(mu)
+
+    def std(self, logstd_floor: float | None = None) -> torch.Tensor:
+        """The std of the sampled pre-tanh actions (action_dim,): the learned log-std, floored."""
         floor = self.min_logstd if logstd_floor is None else max(self.min_logstd, logstd_floor)
-        std = self.logstd.clamp(min=floor).exp()
-        return mu + std * torch.randn_like(mu)
+        return self.logstd.clamp(min=floor).exp()
 
 
 def saturation(u: torch.Tensor) -> torch.Tensor:

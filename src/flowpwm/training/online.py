@@ -259,6 +259,7 @@ class OnlineTrainer:
         self.epoch += 1
         epoch_start, steps_before = time.perf_counter(), self.env_steps
         self.agent.set_progress((self.epoch - 1) / self.total_epochs)
+        self.agent.set_env_steps(self.env_steps)
         collect_reward = self.collect(int(cfg.train.steps_per_epoch))
         record = self.update_world_model(int(cfg.alg.wm_iterations))
         record["collect_reward"] = collect_reward

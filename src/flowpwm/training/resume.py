@@ -32,6 +32,8 @@ ADDED_KEYS = {
     "alg.wm_loss.termination_pos_weight": 1.0,
     "alg.actor.explore_logstd": None,
     "alg.actor.saturation_coef": 0.0,
+    "alg.actor.min_logstd_final": None,
+    "alg.actor.min_logstd_steps": 50000,
     # the flow knobs of the latent-collapse fix (docs/results.md), at what the code did before them
     "alg.world_model.consistency_coef": 0.0,
     "alg.world_model.fm_source_grad": True,
