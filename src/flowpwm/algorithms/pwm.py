@@ -68,8 +68,8 @@ class PWM:
                            min_logstd=alg.actor.min_logstd).to(self.device)
         self.explore_logstd = alg.actor.get("explore_logstd")  # absent in configs older than the key: None, as they ran
         self.saturation_coef = float(alg.actor.get("saturation_coef", 0.0))  # absent in older configs: PWM, none
-        self.min_logstd = (float(alg.actor.min_logstd), alg.actor.get("min_logstd_final"),  # absent: a fixed floor
-                           int(alg.actor.get("min_logstd_steps", 1)))
+        self.floor_schedule = (float(alg.actor.min_logstd), alg.actor.get("min_logstd_final"),  # absent: fixed
+                               int(alg.actor.get("min_logstd_steps", 1)))
         self.critic = Critic(latent, units=list(alg.critic.units), num_critics=int(alg.critic.num_critics)).to(self.device)
         # The network the imagined rollouts bootstrap from: the critic itself (PWM), or its slow
         # copy (SHAC's target critic), which keeps a critic spike from feeding its own targets.
@@ -314,7 +314,7 @@ class PWM:
         `actor.min_logstd` to `actor.min_logstd_final` over `actor.min_logstd_steps` env steps, then
         stays (DrQ-v2's std schedule): wide noise while the data has little reward, then the actor's
         own std, down to the lower floor, as it learns. Without `min_logstd_final` the floor is fixed."""
-        start, final, steps = self.min_logstd
+        start, final, steps = self.floor_schedule
         if final is not None:
             self.actor.min_logstd = start + (float(final) - start) * min(env_steps / steps, 1.0)
 
