@@ -198,6 +198,26 @@ def test_final_window_averages_last_evals(tmp_path):
     assert r["pairs"] == [] and any(FEW_SEEDS in w for w in r["warnings"])
 
 
+def test_until_compares_longer_runs_at_a_screens_budget(tmp_path, capsys):
+    # A 4-epoch screen against the same seeds' 6-epoch runs: both evaluate at epochs 2 and 4 (4500 env
+    # steps), the long runs at 6 too (final/3, 2 final/3, final).
+    long = make_group(tmp_path, "long", [90.0, 180.0])
+    screen = make_group(tmp_path, "screen", [50.0, 70.0], epochs=4)
+    r = compare_runs({"long": long, "screen": screen}, tmp_path / "cmp", n_bootstrap=100, until=4500)
+    assert r["groups"]["long"]["finals"] == [pytest.approx(60.0), pytest.approx(120.0)]  # the epoch-4 evals
+    assert r["groups"]["long"]["final_steps"] == r["groups"]["screen"]["final_steps"] == [4500, 4500]
+    assert not any("different env steps" in w for w in r["warnings"])
+    assert "as it stood at 4500 env steps" in (tmp_path / "cmp" / "report.md").read_text()
+    uncut = compare_runs({"long": long, "screen": screen}, tmp_path / "cmp3", n_bootstrap=100)
+    assert uncut["groups"]["long"]["finals"] == [pytest.approx(90.0), pytest.approx(180.0)]
+    # Cut before every eval: one clear line, nothing written.
+    with pytest.raises(UserError, match=r"group 'long': .*long0 has no eval at or before --until 400 env steps"):
+        compare_runs({"long": long}, tmp_path / "cmp2", until=400)
+    with pytest.raises(UserError, match="--until 0"):
+        main(["--group", "A", *map(str, long), "--until", "0"])
+    assert not (tmp_path / "cmp2").exists()
+
+
 def test_bad_input_is_a_user_error(tmp_path):
     good = make_run(tmp_path, "ok", 1.0, seed=0)
     with pytest.raises(UserError, match="no run directories"):

@@ -123,7 +123,8 @@ class Group:
         return [str(_config_get(r.config, self.task_key, "?")) for r in self.runs]
 
 
-def load_groups(groups: dict[str, Sequence[Path | str]]) -> list[Group]:
+def load_groups(groups: dict[str, Sequence[Path | str]], until: int | None = None) -> list[Group]:
+    """The groups' runs, each cut at `until` (env steps; iterations for policy runs) when given."""
     if not groups:
         raise UserError("no groups to compare: give --group NAME RUN_DIR... (repeatable) or --by KEY RUN_DIR...")
     out = []
@@ -150,6 +151,12 @@ def load_groups(groups: dict[str, Sequence[Path | str]]) -> list[Group]:
     measure = measure_of(out)
     for g in out:
         g.task_key = measure.task_key
+        if until is not None:
+            g.runs = [r.until(until, measure.x) for r in g.runs]
+            for run in g.runs:
+                if not run.evals:
+                    raise UserError(f"group {g.name!r}: {run.path} has no eval at or before --until {until} "
+                                    f"{measure.x_label}: raise --until or leave the run out")
     return out
 
 
@@ -356,14 +363,20 @@ class Settings:
     final_window: int = 1
     n_bootstrap: int = 10000
     seed: int = 0
+    until: int | None = None  # every run as it stood at this many env steps (iterations for policy runs)
 
     @classmethod
-    def checked(cls, smooth=("ema", 0.6), final_window: int = 1, n_bootstrap: int = 10000, seed: int = 0):
+    def checked(cls, smooth=("ema", 0.6), final_window: int = 1, n_bootstrap: int = 10000, seed: int = 0,
+                until: int | None = None):
         if int(final_window) < 1:
             raise UserError(f"--final-window {final_window}: use 1 or more evaluations")
         if int(n_bootstrap) < 0:
             raise UserError(f"--bootstrap {n_bootstrap}: use 0 (no intervals) or more resamples, e.g. 10000")
-        return cls(parse_smooth(smooth), int(final_window), int(n_bootstrap), int(seed))
+        if until is not None and int(until) < 1:
+            raise UserError(f"--until {until}: give the env steps (iterations for policy runs) to cut the runs at, "
+                            f"e.g. 25000")
+        return cls(parse_smooth(smooth), int(final_window), int(n_bootstrap), int(seed),
+                   None if until is None else int(until))
 
     @property
     def smooth_text(self) -> str:
@@ -502,7 +515,7 @@ def pair_tests(a: Group, b: Group, per_group: dict[str, dict], s: Settings,
 
 # -- the pipeline ---------------------------------------------------------------------------------
 def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "comparison", smooth=("ema", 0.6),
-                 final_window: int = 1, n_bootstrap: int = 10000, seed: int = 0,
+                 final_window: int = 1, n_bootstrap: int = 10000, seed: int = 0, until: int | None = None,
                  extra_sections: Sequence[tuple[str, str]] = ()) -> dict:
     """Load the run directories of each group, aggregate, and write the report into `out_dir`.
 
@@ -513,8 +526,8 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
     improvement and its CI), `curves`, `warnings`, `files`."""
     from flowpwm.analysis.compare_report import write_report
 
-    settings = Settings.checked(smooth, final_window, n_bootstrap, seed)
-    c = aggregate(load_groups(groups), settings)
+    settings = Settings.checked(smooth, final_window, n_bootstrap, seed, until)
+    c = aggregate(load_groups(groups, settings.until), settings)
     files = write_report(c, Path(out_dir), extra_sections)
     return {"groups": c.per_group, "pairs": c.pairs, "measure": c.measure.key,
             "curves": {k: {g: cv.as_dict() for g, cv in cs.items()} for k, cs in c.curves.items()},
@@ -526,14 +539,18 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     groups = _groups(args)
-    settings = Settings.checked(args.smooth, args.final_window, args.bootstrap, args.seed)
+    settings = Settings.checked(args.smooth, args.final_window, args.bootstrap, args.seed, args.until)
     references = parse_references(args.reference or [])
-    loaded = load_groups(groups)  # a run that cannot be compared stops here
+    loaded = load_groups(groups, settings.until)  # a run that cannot be compared stops here
     c = aggregate(loaded, settings, normalise(loaded, references) if references else None)
     extra = []
     with_checkpoints = any(RunDir(d).has_checkpoint() for dirs in groups.values() for d in dirs)
     # Diagnostics load models (only then is torch imported); policy runs keep no replay data.
-    if args.diagnose_slices > 0 and with_checkpoints and c.measure is not SCORES:
+    # They read a run's last checkpoint, which --until would not match.
+    if args.diagnose_slices > 0 and with_checkpoints and settings.until is not None:
+        c.notes.append(f"note: no world-model diagnostics with --until: they read each run's last checkpoint, "
+                       f"not its state at {settings.until} {c.measure.x_label}")
+    elif args.diagnose_slices > 0 and with_checkpoints and c.measure is not SCORES:
         from flowpwm.analysis.diagnostics import group_table
 
         table = group_table(groups, slices=args.diagnose_slices, seed=args.seed)
@@ -560,6 +577,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default ema:0.6)")
     p.add_argument("--final-window", type=int, default=1, metavar="K",
                    help="final return = mean of the last K evals (default 1)")
+    p.add_argument("--until", type=int, metavar="STEPS",
+                   help="compare every run as it stood at STEPS env steps (iterations for policy runs): a screen "
+                        "against the same seeds' longer runs, or groups of unequal budgets at the shortest")
     p.add_argument("--bootstrap", type=int, default=10000, metavar="N", help="bootstrap resamples (default 10000)")
     p.add_argument("--reference", nargs="+", metavar="TASK=SCORE",
                    help="compare eval return / SCORE of each run's task (e.g. TD-MPC2's return at the same "

@@ -147,6 +147,8 @@ def md_finals(c: "Comparison") -> str:
     d = _digits(c)
     how = (f"Final {m.label} of a run: the mean of its last {s.final_window} evaluations. " if s.final_window > 1 else
            f"Final {m.label} of a run: its last evaluation. ")
+    if s.until is not None:
+        how = f"Every run as it stood at {s.until} {m.x_label} (`--until`). " + how
     if c.multitask is not None:
         how += (f"Per-task policy runs: the {m.label} (`{m.key}`: dm_control return / 1000) of every task and seed "
                 f"pooled ({len(c.multitask.tasks)} tasks). ")

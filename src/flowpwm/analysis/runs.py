@@ -3,8 +3,9 @@ returns against env steps; analysis never needs the live process or WandB."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -31,6 +32,11 @@ class Run:
         """Eval return of the last evaluation at or before `steps` env steps."""
         before = [ret for s, ret in self.evals if s <= steps]
         return before[-1] if before else None
+
+    def until(self, steps: int, x: str = "env_steps") -> "Run":
+        """The run as it stood when it reached `steps` of `x`: its records up to the first past it
+        (metrics.jsonl is in order), so a longer run can be compared at a shorter run's budget."""
+        return replace(self, metrics=list(itertools.takewhile(lambda r: r.get(x, 0) <= steps, self.metrics)))
 
 
 def load_run(path: Path | str) -> Run:
