@@ -547,10 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     with_checkpoints = any(RunDir(d).has_checkpoint() for dirs in groups.values() for d in dirs)
     # Diagnostics load models (only then is torch imported); policy runs keep no replay data.
     # They read a run's last checkpoint, which --until would not match.
-    if args.diagnose_slices > 0 and with_checkpoints and settings.until is not None:
+    wants_diagnostics = args.diagnose_slices > 0 and with_checkpoints and c.measure is not SCORES
+    if wants_diagnostics and settings.until is not None:
         c.notes.append(f"note: no world-model diagnostics with --until: they read each run's last checkpoint, "
                        f"not its state at {settings.until} {c.measure.x_label}")
-    elif args.diagnose_slices > 0 and with_checkpoints and c.measure is not SCORES:
+    elif wants_diagnostics:
         from flowpwm.analysis.diagnostics import group_table
 
         table = group_table(groups, slices=args.diagnose_slices, seed=args.seed)
