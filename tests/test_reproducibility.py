@@ -17,6 +17,7 @@ from flowpwm.reproducibility import (
     DatasetVerifier,
     ExperimentConfig,
     format_diff,
+    code_digest,
     run_provenance,
     set_seed,
     write_run_metadata,
@@ -207,6 +208,25 @@ def test_provenance_outside_git(tmp_path, monkeypatch):
     assert prov["versions"]["flowpwm"] == metadata.version("flowpwm") != "not installed"
     assert _version("no-such-distribution-xyz") == "not installed"  # the fallback, only when it applies
     assert run_provenance(repo_dir=tmp_path / "does-not-exist")["git_commit"] == "unknown"
+
+
+def test_code_digest_names_the_code_wherever_it_is_installed(tmp_path):
+    import shutil
+
+    pkg = Path(__file__).resolve().parents[1] / "src" / "flowpwm"
+    if not pkg.is_dir():
+        pytest.skip("the tests are not next to the source tree")
+    a, b = tmp_path / "a" / "flowpwm", tmp_path / "b" / "flowpwm"
+    shutil.copytree(pkg, a, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(pkg, b)  # with whatever bytecode the source tree has: not part of the code
+    (b / "notes.txt").write_text("not source")
+    assert code_digest(a) == code_digest(b) == code_digest(pkg)
+    with (b / "integrators.py").open("a") as f:
+        f.write("\n# one more line\n")
+    assert code_digest(b) != code_digest(a)  # an edited module is other code
+    (a / "integrators.py").rename(a / "integrators_.py")
+    assert code_digest(a) != code_digest(pkg)  # so is a renamed one
+    assert run_provenance(repo_dir=tmp_path)["code_sha256"] == code_digest(pkg)
 
 
 def test_provenance_inside_git_names_the_commit():

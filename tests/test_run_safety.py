@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flowpwm.config import UserError, compose
+from flowpwm.reproducibility import code_digest
 from flowpwm.rundir import CHECKPOINT_FORMAT, RunDir, RunWriter, read_metrics
 from flowpwm.training.online import train
 from test_compare import make_run
@@ -232,6 +233,7 @@ def test_a_resume_that_extends_the_budget_is_allowed_and_recorded(trained, tmp_p
     (entry,) = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
     assert entry["changes"] == {"train.env_steps": [56, 64], "train.eval_every": [1, 2]}
     assert entry["resumed_at_epoch"] == 2 and entry["time"] and entry["git_commit"]
+    assert entry["code_sha256"] == code_digest()  # the code each resume ran, with or without git
     assert any("train.env_steps 56 -> 64" in line for line in printed)
     # A second resume compares with the config as changed, and records only what changes now.
     train(cfg_for("mlp", epochs=4, extra=["resume=auto", "train.eval_every=2"]), run, **QUIET)

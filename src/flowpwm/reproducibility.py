@@ -341,10 +341,30 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+_SOURCE_SUFFIXES = (".py", ".yaml")
+
+
+def code_digest(package_dir: str | os.PathLike | None = None) -> str:
+    """sha256 over the source files (.py, .yaml) of the running flowpwm package, by relative path.
+
+    The code's identity where git cannot give one (a wheel, a `git archive` export, a copy on a
+    cluster's scratch): two runs with the same digest ran the same code, wherever it was installed.
+    """
+    root = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    files = sorted(f for f in root.rglob("*") if f.suffix in _SOURCE_SUFFIXES and f.is_file()
+                   and "__pycache__" not in f.relative_to(root).parts)
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def run_provenance(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Code and environment a run was produced with. Never raises: unknowns are recorded as such.
 
     git_dirty counts untracked (non-ignored) files too, since a new module can change behaviour.
+    code_sha256 names the code even where there is no git (see `code_digest`).
     """
     repo = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
     commit = _git(["rev-parse", "HEAD"], repo) if repo.is_dir() else None
@@ -352,6 +372,7 @@ def run_provenance(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     return {
         "git_commit": commit or "unknown",
         "git_dirty": None if status is None else bool(status),
+        "code_sha256": code_digest(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in _VERSIONED},
         "hostname": socket.gethostname(),
