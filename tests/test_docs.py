@@ -70,6 +70,7 @@ case ${{1:-}} in
   fit-wm) extra=({FAST_FIT_WM}) ;;
   compare) extra=(--bootstrap 200 --diagnose-slices 8) ;;
   diagnose) extra=(--slices 8) ;;
+  evaluate) extra=(--episodes 2 --envs 2) ;;
 esac
 [[ ${{1:-}} == demo ]] && set -- train "${{@:2}}"
 exec "$real" "$@" "${{extra[@]}}"

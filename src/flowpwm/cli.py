@@ -25,6 +25,8 @@ commands:
   results [options]  eval return vs env steps for groups of runs (--help for options)
   diagnose RUN_DIR|CHECKPOINT  open-loop error vs horizon, latent spread, flow straightness, NFE,
                      Jacobian norm, ESNR; --simulator N: against the real simulator (--help)
+  evaluate RUN_DIR|CHECKPOINT  a checkpoint's policy in the real env over many episodes (default 32),
+                     mean return with a 95 % CI; --policy sample|both: the collection policy too
   plot RUN_DIR       learning curves, losses, gradient norms/ESNR, summary as PNG/SVG (--help)
   compare [options]  multi-seed comparison of run groups: curves with 95 % bands, mean/IQM with
                      bootstrap CIs, Welch / Mann-Whitney tests, report.md + report.html (--help)
@@ -156,6 +158,12 @@ def _diagnose(args: list[str]) -> int:
     return main(args)
 
 
+def _evaluate(args: list[str]) -> int:
+    from flowpwm.analysis.evaluate import main
+
+    return main(args)
+
+
 def _plot(args: list[str]) -> int:
     from flowpwm.visualization import main
 
@@ -179,8 +187,8 @@ def _data(args: list[str]) -> int:
 
 
 COMMANDS = {"train": _train, "demo": _train, "fit-wm": _fit_wm, "parity": _parity, "results": _results,
-            "diagnose": _diagnose, "plot": _plot, "compare": _compare, "check-config": _check_config,
-            "data": _data, "pretrain": _pretrain, "train-policy": _train_policy}
+            "diagnose": _diagnose, "evaluate": _evaluate, "plot": _plot, "compare": _compare,
+            "check-config": _check_config, "data": _data, "pretrain": _pretrain, "train-policy": _train_policy}
 
 
 def print_error(command: str, e: UserError, prefix: str = "flowpwm ") -> None:

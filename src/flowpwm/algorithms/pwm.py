@@ -286,17 +286,28 @@ class PWM:
 
     @torch.no_grad()
     def eval(self, env, episodes: int, seed: int, task=None) -> dict[str, float]:
-        """Deterministic policy in the real environment; returns the env's episode returns
-        (never the model's) and lengths. Each of the `env.num_envs` envs runs a fixed number of
-        whole episodes from reset (`episodes` shared out before any starts), so short episodes
-        are not over-counted as they would be by keeping the first ones to finish."""
+        """Deterministic policy in the real environment: the mean, min and max of the env's
+        episode returns (never the model's) and the mean length, over `episode_returns`."""
+        returns, lengths = self.episode_returns(env, episodes, seed, task)
+        return {"eval_return": sum(returns) / len(returns), "eval_return_min": min(returns),
+                "eval_return_max": max(returns), "eval_length": sum(lengths) / len(lengths),
+                "eval_episodes": len(returns)}
+
+    @torch.no_grad()
+    def episode_returns(self, env, episodes: int, seed: int, task=None,
+                        deterministic: bool = True) -> tuple[list[float], list[int]]:
+        """Returns and lengths of `episodes` whole real episodes: the mean action (the eval
+        policy) or, with deterministic=False, sampled actions (the collection policy). Each of the
+        `env.num_envs` envs runs a fixed number of episodes from reset (`episodes` shared out
+        before any starts), so short episodes are not over-counted as they would be by keeping
+        the first ones to finish."""
         n = env.num_envs
         quota = [episodes // n + (i < episodes % n) for i in range(n)]
         returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
         obs = env.reset(seed=seed)
         ep_ret, ep_len = torch.zeros(n), torch.zeros(n, dtype=torch.long)
         while any(len(r) < q for r, q in zip(returns, quota)):
-            obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=True, task=task).cpu())
+            obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic, task=task).cpu())
             ep_ret += reward
             ep_len += 1
             for i in torch.nonzero(terminated | truncated).flatten().tolist():
@@ -304,9 +315,7 @@ class PWM:
                     returns[i].append(ep_ret[i].item())
                     lengths[i].append(int(ep_len[i]))
                 ep_ret[i], ep_len[i] = 0.0, 0
-        flat = [r for rs in returns for r in rs]
-        return {"eval_return": sum(flat) / len(flat), "eval_return_min": min(flat), "eval_return_max": max(flat),
-                "eval_length": sum(sum(ls) for ls in lengths) / len(flat), "eval_episodes": len(flat)}
+        return [r for rs in returns for r in rs], [n for ns in lengths for n in ns]
 
     # -- learning-rate schedule and checkpoints ---------------------------------------------
     def set_env_steps(self, env_steps: int) -> None:

@@ -213,8 +213,7 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
     if path.is_dir():
         run_dir, ckpt = path, RunDir(path).latest_checkpoint
         if not ckpt.is_file():
-            raise UserError(f"no checkpoint at {ckpt}: diagnose needs a run directory that saved one "
-                            f"(or pass a checkpoint file)")
+            raise UserError(f"no checkpoint at {ckpt}: pass a run directory that saved one, or a checkpoint file")
     elif path.is_file():
         run_dir, ckpt = path.parent.parent, path
         if path.parent != RunDir(run_dir).checkpoints or not RunDir(run_dir).config.is_file():
@@ -223,7 +222,7 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
     else:
         raise UserError(f"{path} does not exist: pass a run directory or its checkpoints/latest.pt")
     if not RunDir(run_dir).config.is_file():
-        raise UserError(f"no config.yaml in run directory {run_dir}: diagnose needs the run's resolved config")
+        raise UserError(f"no config.yaml in run directory {run_dir}: the run's resolved config is needed to rebuild its agent")
     return run_dir, ckpt
 
 
