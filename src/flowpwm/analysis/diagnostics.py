@@ -441,11 +441,17 @@ def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0
     return simulator_checks(agent, make_env(cfg.env.task, states, seed=int(cfg.seed) + 20_000 + seed), seed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flowpwm diagnose", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoint_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads one checkpoint: its RUN_DIR|CHECKPOINT argument (see
+    `resolve_run`)."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, metavar="RUN_DIR|CHECKPOINT",
-                   help="a run directory, or a checkpoint file RUN_DIR/checkpoints/NAME.pt")
+                   help="a run directory (its latest checkpoint), or a checkpoint file RUN_DIR/checkpoints/NAME.pt")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = checkpoint_parser("flowpwm diagnose", __doc__)
     p.add_argument("--slices", type=int, default=512, help="replay slices to evaluate on")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the slices")
     p.add_argument("--fine-substeps", type=int, default=None,

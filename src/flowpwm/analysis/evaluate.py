@@ -11,7 +11,6 @@ weights only and writes nothing into the run.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -75,10 +74,9 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flowpwm evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, metavar="RUN_DIR|CHECKPOINT",
-                   help="an online run directory (its latest checkpoint), or RUN_DIR/checkpoints/NAME.pt")
+    from flowpwm.analysis.diagnostics import checkpoint_parser
+
+    p = checkpoint_parser("flowpwm evaluate", __doc__)
     p.add_argument("--episodes", type=int, default=32, help="whole episodes per policy")
     p.add_argument("--envs", type=int, default=8, help="parallel envs; each runs an equal share of the episodes")
     p.add_argument("--seed", type=int, default=0, help="reset seed of the episodes (and the sampled policy's noise)")
