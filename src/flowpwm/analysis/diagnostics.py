@@ -222,7 +222,8 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
     else:
         raise UserError(f"{path} does not exist: pass a run directory or its checkpoints/latest.pt")
     if not RunDir(run_dir).config.is_file():
-        raise UserError(f"no config.yaml in run directory {run_dir}: the run's resolved config is needed to rebuild its agent")
+        raise UserError(f"no config.yaml in run directory {run_dir}: "
+                        f"the run's resolved config is needed to rebuild its agent")
     return run_dir, ckpt
 
 
@@ -444,7 +445,8 @@ def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0
 def checkpoint_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of a command that reads one checkpoint: its RUN_DIR|CHECKPOINT argument (see
     `resolve_run`)."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, metavar="RUN_DIR|CHECKPOINT",
                    help="a run directory (its latest checkpoint), or a checkpoint file RUN_DIR/checkpoints/NAME.pt")
     return p

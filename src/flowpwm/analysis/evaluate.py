@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
+from flowpwm.analysis.report import fmt_ci
 from flowpwm.config import UserError
 from flowpwm.fileio import atomic_write_text, json_text
 from flowpwm.rundir import RunDir
@@ -27,11 +29,10 @@ POLICIES = {"mean": True, "sample": False}  # name -> deterministic
 
 def summarize(returns: list[float], lengths: list[int]) -> dict:
     """Mean return with its 95 % Student-t interval over episodes, spread and mean length."""
-    n = len(returns)
-    t = torch.tensor(returns, dtype=torch.float64)
-    mean, sd = t.mean().item(), (t.std().item() if n > 1 else float("nan"))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"episodes": n, "return_mean": mean, "ci95": [mean - half, mean + half], "return_sd": sd,
+    n, mean = len(returns), float(np.mean(returns))
+    sd = float(np.std(returns, ddof=1)) if n > 1 else math.nan
+    ci = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(returns)) if n > 1 else (math.nan, math.nan)
+    return {"episodes": n, "return_mean": mean, "ci95": [float(c) for c in ci], "return_sd": sd,
             "return_min": min(returns), "return_max": max(returns),
             "length_mean": sum(lengths) / n, "returns": returns, "lengths": lengths}
 
@@ -68,9 +69,8 @@ def format_report(r: dict) -> str:
     for name in POLICIES:
         if name in r:
             s = r[name]
-            lo, hi = s["ci95"]
             lines.append(f"  {name + ' action' if name == 'mean' else 'sampled actions'}: return "
-                         f"{s['return_mean']:.1f} [95 % CI {lo:.1f}, {hi:.1f}] over {s['episodes']} episodes; "
+                         f"{fmt_ci(s['return_mean'], s['ci95'])} (95 % CI) over {s['episodes']} episodes; "
                          f"sd {s['return_sd']:.1f}, min {s['return_min']:.1f}, max {s['return_max']:.1f}; "
                          f"mean episode length {s['length_mean']:.1f}")
     return "\n".join(lines)

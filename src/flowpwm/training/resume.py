@@ -105,7 +105,8 @@ def resume_changes(run: RunDir, cfg: DictConfig) -> dict[str, list]:
 def history_entry(changes: dict[str, list], epoch: int, env_steps: int) -> dict:
     prov = run_provenance()
     return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": prov["hostname"],
-            "git_commit": prov["git_commit"], "code_sha256": prov["code_sha256"], "resumed_at_epoch": int(epoch), "env_steps": int(env_steps),
+            "git_commit": prov["git_commit"], "code_sha256": prov["code_sha256"],
+            "resumed_at_epoch": int(epoch), "env_steps": int(env_steps),
             "changes": changes}
 
 
