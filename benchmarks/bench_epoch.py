@@ -122,19 +122,47 @@ def print_profile(wm: str, size: str, res: dict, top: int) -> None:
         print(f"| `{name}` | {t / 1e6:.3f} | {t / total:.1%} |")
 
 
-def run_child(args, wm: str, size: str, src: str | None, overrides: list[str], profile: bool = False) -> dict:
+def child_command(args, wm: str, size: str, src: str | None, overrides: list[str], profile: bool = False,
+                  epochs: int | None = None) -> tuple[list[str], dict]:
     spec = {"wm": wm, "size": size, "task": args.task, "num_envs": args.num_envs, "device": args.device,
-            "threads": args.threads, "overrides": overrides, "epochs": args.epochs, "warmup": args.warmup,
-            "random_steps": args.random_steps, "profile": profile}
+            "threads": args.threads, "overrides": overrides, "epochs": args.epochs if epochs is None else epochs,
+            "warmup": args.warmup, "random_steps": args.random_steps, "profile": profile}
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        tail = "\n".join(out.stderr.strip().splitlines()[-5:])
-        raise SystemExit(f"bench_epoch: {wm} {size} {overrides or src} failed:\n{tail}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return [sys.executable, __file__, "--child", json.dumps(spec)], env
+
+
+def child_result(what: str, returncode: int, stdout: str, stderr: str) -> dict:
+    if returncode != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-5:])
+        raise SystemExit(f"bench_epoch: {what} failed:\n{tail}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_child(args, wm: str, size: str, src: str | None, overrides: list[str], profile: bool = False) -> dict:
+    cmd, env = child_command(args, wm, size, src, overrides, profile)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return child_result(f"{wm} {size} {overrides or src}", out.returncode, out.stdout, out.stderr)
+
+
+def prewarm(args, table: dict) -> None:
+    """Compile every compiled variant once, all at the same time, untimed: torch.compile's caches
+    (TORCHINDUCTOR_CACHE_DIR) then serve the timed processes, whose warm-up shrinks from minutes of
+    compilation to loading. Compilation is CPU work, so on a many-core GPU machine this is the
+    difference between a benchmark that fits one short call and one that does not."""
+    jobs = []
+    for wm in args.wms:
+        for size in args.sizes:
+            for v, (src, overrides) in table.items():
+                if "perf.compile=true" in overrides:
+                    cmd, env = child_command(args, wm, size, src, overrides, epochs=0)
+                    jobs.append((f"prewarm {wm} {size} {v}", subprocess.Popen(
+                        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for what, proc in jobs:
+        out, err = proc.communicate()
+        res = child_result(what, proc.returncode, out, err)
+        print(f"  {what}: compiled in {res['warmup_s']:.0f} s", file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -151,6 +179,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per process (compilation happens here)")
     p.add_argument("--random-steps", type=int, default=2000, help="random-action steps in the buffer first")
     p.add_argument("--no-singles", action="store_true", help="no +knob variants: eager, all, defaults only")
+    p.add_argument("--prewarm", action="store_true",
+                   help="compile the compiled variants first, in parallel and untimed, to fill torch.compile's "
+                        "caches (a machine with cores to spare)")
     p.add_argument("--baseline-src", help="also run the flowpwm package in this directory as `before`")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or this process's CPU time (on a loaded shared CPU: the work done, not the "
@@ -174,6 +205,8 @@ def main() -> int:
                 print_profile(wm, size, run_child(args, wm, size, None, [], profile=True), args.profile)
         return 0
     table = variants(knobs, args.device, args.baseline_src, singles=not args.no_singles)
+    if args.prewarm:
+        prewarm(args, table)
     times = {(wm, size, v): [] for wm in args.wms for size in args.sizes for v in table}
     for r in range(args.rounds):
         for (wm, size, v) in times:
@@ -181,7 +214,8 @@ def main() -> int:
             res = run_child(args, wm, size, src, overrides)
             times[(wm, size, v)] += res["cpu_times" if args.clock == "cpu" else "times"]
             print(f"  round {r + 1}/{args.rounds}  {wm:4s} {size:4s} {v:16s} "
-                  f"{statistics.median(times[(wm, size, v)]):.3f} s/epoch", file=sys.stderr, flush=True)
+                  f"{statistics.median(times[(wm, size, v)]):.3f} s/epoch (warm-up {res['warmup_s']:.0f} s)",
+                  file=sys.stderr, flush=True)
     med = {k: statistics.median(t) for k, t in times.items()}
     print(f"\nepoch {args.clock} time: {args.task}, {args.num_envs} envs x steps_per_epoch, {args.device}, "
           f"{args.threads} thread(s); median of {args.rounds} processes x {args.epochs} epochs (after {args.warmup} "

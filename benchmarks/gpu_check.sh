@@ -132,7 +132,7 @@ EOF
   return $rc
 }
 stage_epoch() {
-  "$PY" benchmarks/bench_epoch.py --device "$DEVICE" --sizes "$SIZE" --task Hopper-v5 --num-envs 64 --no-singles \
+  "$PY" benchmarks/bench_epoch.py --device "$DEVICE" --sizes "$SIZE" --task Hopper-v5 --num-envs 64 --no-singles --prewarm \
     --rounds 1 --epochs 5 --warmup 2 --threads 4 --json "$OUTDIR/epoch.json"
 }
 
