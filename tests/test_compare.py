@@ -294,7 +294,14 @@ def test_reference_scores_normalise_each_task_so_tasks_pool(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "normalised return" in report and (out / "learning_curves.png").is_file()
     assert "| 0.750 [" in report  # values near 1 keep 3 decimals (0.4 vs 0.35 matters here)
-    assert "mixes tasks" not in capsys.readouterr().out  # normalised returns pool across tasks by design
+    printed = capsys.readouterr().out
+    assert "mixes tasks" not in printed  # normalised returns pool across tasks by design
+    # seeds 0 and 1 of each task: counted per task, and a seed on two tasks is no repeat
+    assert "has 2 seed(s) of some task" in printed and "repeats seed" not in printed
+    twice = make_run(tmp_path, "finger-spin1b", 900.0, 1, task="finger-spin")
+    assert main(["--group", "mlp", *map(str, runs), str(twice), "--reference", "cheetah-run=519", "finger-spin=948",
+                 "--out", str(tmp_path / "cmp2"), "--bootstrap", "200", "--diagnose-slices", "0"]) == 0
+    assert "repeats seed(s) finger-spin 1" in capsys.readouterr().out
 
     for bad, hint in ((["cheetah-run=519"], "no score for task 'finger-spin'"), (["cheetah-run"], "TASK=SCORE"),
                       (["cheetah-run=-1", "finger-spin=948"], "positive score")):

@@ -456,7 +456,7 @@ def group_summary(g: Group, gi: int, s: Settings, measure: Measure = RETURNS) ->
 def group_notes(g: Group, summary: dict, final_window: int, measure: Measure = RETURNS) -> list[str]:
     """Warnings about one group: few or repeated seeds, mixed tasks, unequal budgets."""
     notes, steps = [], summary["final_steps"]
-    if measure is SCORES:  # one run per task and seed: seeds repeat across tasks by design
+    if measure is SCORES or len(set(g.tasks)) > 1:  # one run per task and seed: seeds repeat across tasks by design
         per_task = {t: g.tasks.count(t) for t in set(g.tasks)}
         if min(per_task.values()) < MIN_SEEDS:
             notes.append(f"warning: group {g.name!r} has {min(per_task.values())} seed(s) of some task: {FEW_SEEDS} "
