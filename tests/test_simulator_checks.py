@@ -26,7 +26,14 @@ def test_real_return_is_the_policy_run_forward_in_the_simulator():
         o, r, *_ = env.step(agent.act(o, deterministic=True))
         total += agent.gamma ** t * r
     assert abs(out["real_return"] - total.mean().item()) < 1e-5
-    assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in out.items() if k != "by_horizon")
+    # The returns cut at h = 1, 2, 4 and H; the last is the whole H-step return. At h = 1 the policy
+    # takes the same action in the model as in the simulator, so closed and open loop agree.
+    cuts = out["by_horizon"]
+    assert [b["h"] for b in cuts] == [1, 2, 4, 5]
+    assert (cuts[-1]["real"], cuts[-1]["imagined"], cuts[-1]["open_loop"]) == (
+        out["real_return"], out["imagined_return"], out["open_loop_return"])
+    assert abs(cuts[0]["imagined"] - cuts[0]["open_loop"]) < 1e-5 and cuts[1]["real"] != cuts[0]["real"]
 
 
 def test_a_model_that_ignores_the_action_has_zero_sensitivity_against_a_nonzero_simulator():

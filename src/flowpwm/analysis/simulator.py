@@ -81,29 +81,35 @@ def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, d
 def imagined_vs_real(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, horizon: int | None = None) -> dict:
     """Discounted H-step returns of the deterministic policy from the same states: real
     (simulator), imagined closed-loop (the policy acting on the model's latents) and open-loop
-    (the model along the real actions); the critic's value after H steps at each end."""
+    (the model along the real actions); the critic's value after H steps at each end. Also the
+    three returns cut at h = 1, 2, 4, … and H (`by_horizon`): where closed-loop imagination
+    parts from the simulator while open-loop stays with it, the policy is exploiting the model,
+    and from which step on."""
     wm, gamma, H = agent.wm, agent.gamma, horizon or agent.horizon
     z0 = wm.encode(obs)
-    real, actions, o, current = torch.zeros(len(states)), [], obs, states
+    real, actions, o, current = torch.zeros(H, len(states)), [], obs, states
     for t in range(H):
         a = agent.act(o, deterministic=True).cpu()
         o, r = env.step_from(current, a)
         current = env.get_states()
         actions.append(a)
-        real += gamma ** t * r
+        real[t] = gamma ** t * r
     imagined, z = torch.zeros_like(real), z0
     for t in range(H):
         a = agent.actor(z, deterministic=True)
-        imagined += gamma ** t * wm.reward_value(z, a).squeeze(-1)
+        imagined[t] = gamma ** t * wm.reward_value(z, a).squeeze(-1)
         z = wm.next(z, a)
     open_loop, zo = torch.zeros_like(real), z0
     for t in range(H):
-        open_loop += gamma ** t * wm.reward_value(zo, actions[t]).squeeze(-1)
+        open_loop[t] = gamma ** t * wm.reward_value(zo, actions[t]).squeeze(-1)
         zo = wm.next(zo, actions[t])
+    cut = sorted({h for h in (2 ** k for k in range(H.bit_length())) if h <= H} | {H})
+    by_horizon = [{"h": h, "real": real[:h].sum(0).mean().item(), "imagined": imagined[:h].sum(0).mean().item(),
+                   "open_loop": open_loop[:h].sum(0).mean().item()} for h in cut]
     value = lambda x: agent.critic.min_value(x).squeeze(-1).mean().item()  # noqa: E731
-    return {"horizon": int(H), "real_return": real.mean().item(), "imagined_return": imagined.mean().item(),
-            "open_loop_return": open_loop.mean().item(), "value_real": value(wm.encode(o)),
-            "value_imagined": value(z), "value_open_loop": value(zo)}
+    return {"horizon": int(H), "real_return": by_horizon[-1]["real"], "imagined_return": by_horizon[-1]["imagined"],
+            "open_loop_return": by_horizon[-1]["open_loop"], "value_real": value(wm.encode(o)),
+            "value_imagined": value(z), "value_open_loop": value(zo), "by_horizon": by_horizon}
 
 
 def simulator_checks(agent: PWM, env: BatchedEnv, seed: int = 0, delta: float = 0.1) -> dict:
@@ -125,4 +131,9 @@ def format_simulator_report(d: dict) -> str:
         "|---|---:|---:|---:|",
         f"| return | {r['real_return']:.3f} | {r['imagined_return']:.3f} | {r['open_loop_return']:.3f} |",
         f"| critic value after it | {r['value_real']:.3f} | {r['value_imagined']:.3f} | {r['value_open_loop']:.3f} |",
+        "", "| discounted return over the first h steps | real | imagined (closed loop) | model on real actions |"
+            " | imagined / real |",
+        "|---:|---:|---:|---:|---:|",
+        *(f"| h = {b['h']} | {b['real']:.3f} | {b['imagined']:.3f} | {b['open_loop']:.3f} | "
+          f"{b['imagined'] / b['real'] if b['real'] else float('nan'):.2f} |" for b in r["by_horizon"]),
     ])
