@@ -3,7 +3,7 @@
 import torch
 
 from flowpwm.algorithms.pwm import PWM
-from flowpwm.analysis.simulator import action_sensitivity, imagined_vs_real, sample_states
+from flowpwm.analysis.simulator import action_sensitivity, format_simulator_report, imagined_vs_real, sample_states
 from flowpwm.config import load_alg
 from flowpwm.envs import make_env
 
@@ -34,6 +34,10 @@ def test_real_return_is_the_policy_run_forward_in_the_simulator():
     assert (cuts[-1]["real"], cuts[-1]["imagined"], cuts[-1]["open_loop"]) == (
         out["real_return"], out["imagined_return"], out["open_loop_return"])
     assert abs(cuts[0]["imagined"] - cuts[0]["open_loop"]) < 1e-5 and cuts[1]["real"] != cuts[0]["real"]
+    report = format_simulator_report({"states": 4, "delta": 0.1, "returns": out,
+                                      "action_sensitivity": action_sensitivity(agent, env, states, obs)})
+    rows = [line for line in report.splitlines() if line.startswith("| h = ") or "first h steps" in line]
+    assert len(rows) == 5 and {line.count("|") for line in rows} == {6}  # one column per figure, the header's too
 
 
 def test_a_model_that_ignores_the_action_has_zero_sensitivity_against_a_nonzero_simulator():

@@ -131,8 +131,8 @@ def format_simulator_report(d: dict) -> str:
         "|---|---:|---:|---:|",
         f"| return | {r['real_return']:.3f} | {r['imagined_return']:.3f} | {r['open_loop_return']:.3f} |",
         f"| critic value after it | {r['value_real']:.3f} | {r['value_imagined']:.3f} | {r['value_open_loop']:.3f} |",
-        "", "| discounted return over the first h steps | real | imagined (closed loop) | model on real actions |"
-            " | imagined / real |",
+        "", "| discounted return over the first h steps | real | imagined (closed loop) | model on real actions "
+            "| imagined / real |",
         "|---:|---:|---:|---:|---:|",
         *(f"| h = {b['h']} | {b['real']:.3f} | {b['imagined']:.3f} | {b['open_loop']:.3f} | "
           f"{b['imagined'] / b['real'] if b['real'] else float('nan'):.2f} |" for b in r["by_horizon"]),
