@@ -168,3 +168,25 @@ def test_the_log_std_floor_schedule_goes_linearly_to_its_final_value_then_stays(
     fixed = agent("mlp", **{"actor.min_logstd": 0.0})
     fixed.set_env_steps(10 ** 6)
     assert fixed.actor.min_logstd == 0.0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "flow"])
+def test_imagine_horizon_sets_the_actors_rollout_apart_from_the_world_models_slices(kind):
+    """alg.imagine_horizon=3 with horizon=8: the actor and its TD(λ) targets see 3 imagined steps,
+    exactly what an agent with horizon=3 and the same weights sees; the world model keeps
+    horizon-step slices. null (the default) is the horizon."""
+    assert agent(kind, horizon=5).imagine_horizon == 5
+    torch.manual_seed(0)
+    short = agent(kind, horizon=8, imagine_horizon=3)
+    torch.manual_seed(0)
+    same = agent(kind, horizon=3)
+    assert (short.horizon, short.imagine_horizon) == (8, 3)
+    obs0 = torch.randn(16, 6)
+    torch.manual_seed(1)
+    loss, data, ret = short.compute_actor_loss(obs0)
+    torch.manual_seed(1)
+    loss3, data3, ret3 = same.compute_actor_loss(obs0)
+    assert data["zs"].shape == (3, 16, 64) and torch.equal(ret, ret3) and torch.equal(loss, loss3)
+    assert short.td_lambda_targets(data["rewards"], data["values"]).shape == (3, 16)
+    obs, act, rew = torch.randn(9, 32, 6), torch.rand(8, 32, 2) * 2 - 1, torch.randn(8, 32, 1)
+    assert short.compute_wm_loss(obs, act, rew)[0].isfinite()  # 8-step slices train the world model

@@ -114,6 +114,7 @@ class Alg:
     actor: Actor = key()
     critic: Critic = key()
     horizon: int = key(ge=1)
+    imagine_horizon: int | None = key(ge=1)  # null: horizon
     gamma: float = key(gt=0, le=1)
     lam: float = key(ge=0, le=1)
     model_lr: float = key(gt=0)

@@ -57,6 +57,9 @@ class PWM:
         self.perf = perf_lib.resolve(perf, self.device)
         perf_lib.apply_matmul_precision(self.perf, self.device)
         self.horizon, self.gamma, self.lam = int(alg.horizon), float(alg.gamma), float(alg.lam)
+        # The world model's training slices are `horizon` steps; the actor imagines `imagine_horizon`
+        # (absent in older configs: the same), so the two can be set apart.
+        self.imagine_horizon = int(alg.get("imagine_horizon") or self.horizon)
         self.loss_kwargs = wm_loss_kwargs(alg)
         self.episodic, self.termination_mask = bool(episodic), str(alg.get("termination_mask", "soft"))
         if self.termination_mask not in TERMINATION_MASKS:
@@ -141,7 +144,7 @@ class PWM:
                 self.ret_rms.update(ret)
             loss = -(ret / self.ret_rms.std.float()).mean()
         else:
-            loss = -(ret / self.horizon).mean()
+            loss = -(ret / self.imagine_horizon).mean()
         if self.saturation_coef > 0:
             loss = loss + self.saturation_coef * data["saturation"].mean()
         data["saturation"] = data["saturation"].detach()
@@ -154,7 +157,7 @@ class PWM:
         zs, us, rews, values, conts = [], [], [], [], []
         ret = torch.zeros(z.shape[0], device=z.device)
         alive = torch.ones_like(ret)  # probability (or mask) that no termination happened before step t
-        for t in range(self.horizon):
+        for t in range(self.imagine_horizon):
             zs.append(z.detach())
             u = self.actor.pre_tanh(z.detach() if self.detach else z)
             us.append(u)
@@ -169,7 +172,7 @@ class PWM:
                 conts.append(cont.detach())
             rews.append(r.detach())
             values.append(v.detach())
-        ret = ret + self.gamma ** self.horizon * alive * v
+        ret = ret + self.gamma ** self.imagine_horizon * alive * v
         real = self.wm.mask_action(torch.ones_like(u), task)  # the task's own action dimensions
         sat = (saturation(torch.stack(us)) * real).sum(-1) / real.sum(-1)  # (H, B), per action dimension
         data = {"zs": torch.stack(zs), "rewards": torch.stack(rews), "values": torch.stack(values),
@@ -184,8 +187,9 @@ class PWM:
         a terminal step."""
         cont = torch.ones_like(rewards) if cont is None else cont
         targets = torch.empty_like(rewards)
-        for t in reversed(range(self.horizon)):
-            ahead = values[t] if t == self.horizon - 1 else (1 - self.lam) * values[t] + self.lam * targets[t + 1]
+        H = rewards.shape[0]
+        for t in reversed(range(H)):
+            ahead = values[t] if t == H - 1 else (1 - self.lam) * values[t] + self.lam * targets[t + 1]
             targets[t] = rewards[t] + self.gamma * cont[t] * ahead
         return targets
 

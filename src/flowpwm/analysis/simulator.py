@@ -85,7 +85,7 @@ def imagined_vs_real(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, hor
     three returns cut at h = 1, 2, 4, … and H (`by_horizon`): where closed-loop imagination
     parts from the simulator while open-loop stays with it, the policy is exploiting the model,
     and from which step on."""
-    wm, gamma, H = agent.wm, agent.gamma, horizon or agent.horizon
+    wm, gamma, H = agent.wm, agent.gamma, horizon or agent.imagine_horizon
     z0 = wm.encode(obs)
     real, actions, o, current = torch.zeros(H, len(states)), [], obs, states
     for t in range(H):

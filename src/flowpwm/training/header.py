@@ -55,7 +55,7 @@ def run_header(trainer, wandb_line: str) -> str:
         lines.append(f"  flow: integrator {wm_cfg.integrator}, K={wm_cfg.substeps} substeps ({per_step} velocity "
                      f"evals per step), source {wm_cfg.flow_source}, tau {wm_cfg.tau_sampling}")
     lines.append(f"  actor {n_params(agent.actor):,} params, critic {n_params(agent.critic):,} params; horizon "
-                 f"{agent.horizon}")
+                 f"{agent.horizon}" + (f", imagined {agent.imagine_horizon}" if agent.imagine_horizon != agent.horizon else ""))
     lines.append("  " + update_to_data(cfg, env.num_envs))
     where = f"  run dir {trainer.run.path}; {wandb_line}"
     if trainer.resumed:
