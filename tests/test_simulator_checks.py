@@ -25,15 +25,16 @@ def test_real_return_is_the_policy_run_forward_in_the_simulator():
     for t in range(5):
         o, r, *_ = env.step(agent.act(o, deterministic=True))
         total += agent.gamma ** t * r
+        if t == 1:
+            two_steps = total.mean().item()
     assert abs(out["real_return"] - total.mean().item()) < 1e-5
     assert all(torch.isfinite(torch.tensor(v)) for k, v in out.items() if k != "by_horizon")
     # The returns cut at h = 1, 2, 4 and H; the last is the whole H-step return. At h = 1 the policy
     # takes the same action in the model as in the simulator, so closed and open loop agree.
     cuts = out["by_horizon"]
     assert [b["h"] for b in cuts] == [1, 2, 4, 5]
-    assert (cuts[-1]["real"], cuts[-1]["imagined"], cuts[-1]["open_loop"]) == (
-        out["real_return"], out["imagined_return"], out["open_loop_return"])
-    assert abs(cuts[0]["imagined"] - cuts[0]["open_loop"]) < 1e-5 and cuts[1]["real"] != cuts[0]["real"]
+    assert abs(cuts[1]["real"] - two_steps) < 1e-5 and abs(cuts[-1]["real"] - total.mean().item()) < 1e-5
+    assert abs(cuts[0]["imagined"] - cuts[0]["open_loop"]) < 1e-5
     report = format_simulator_report({"states": 4, "delta": 0.1, "returns": out,
                                       "action_sensitivity": action_sensitivity(agent, env, states, obs)})
     rows = [line for line in report.splitlines() if line.startswith("| h = ") or "first h steps" in line]
