@@ -190,3 +190,17 @@ def test_imagine_horizon_sets_the_actors_rollout_apart_from_the_world_models_sli
     assert short.td_lambda_targets(data["rewards"], data["values"]).shape == (3, 16)
     obs, act, rew = torch.randn(9, 32, 6), torch.rand(8, 32, 2) * 2 - 1, torch.randn(8, 32, 1)
     assert short.compute_wm_loss(obs, act, rew)[0].isfinite()  # 8-step slices train the world model
+
+
+@pytest.mark.parametrize("kind", ["mlp", "flow"])
+def test_imagine_horizon_from_gives_the_actor_the_long_rollout_until_its_env_steps(kind):
+    """alg.imagine_horizon_from=1000: the actor imagines `horizon` steps before 1000 env steps and
+    `imagine_horizon` from then on; without it, `imagine_horizon` whatever the env steps."""
+    a = agent(kind, horizon=8, imagine_horizon=3, imagine_horizon_from=1000)
+    obs0 = torch.randn(16, 6)
+    for steps, h in ((0, 8), (999, 8), (1000, 3), (50000, 3)):
+        a.set_env_steps(steps)
+        assert a.compute_actor_loss(obs0)[1]["zs"].shape == (h, 16, 64), steps
+    fixed = agent(kind, horizon=8, imagine_horizon=3)
+    fixed.set_env_steps(0)
+    assert fixed.imagine_horizon == 3

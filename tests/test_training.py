@@ -111,6 +111,26 @@ def test_diagnose_reports_open_loop_errors_from_a_checkpoint(tmp_path, capsys):
     assert len(r["latent_mse"]) == agent.horizon and all(math.isfinite(x) for x in r["latent_mse"])
 
 
+def test_online_training_shortens_the_imagined_horizon_at_its_env_steps_and_diagnose_sees_it(tmp_path):
+    """horizon 4, imagined 2 from 48 env steps: the first epoch (from 40) imagines 4 steps, the second
+    (from 48) 2; the header says so, and an agent loaded from the checkpoint is where the run was."""
+    from flowpwm.analysis.diagnostics import load_agent
+
+    lines = []
+    extra = ["alg.imagine_horizon=2", "alg.imagine_horizon_from=48", "alg.actor.min_logstd_final=-1.0",
+             "alg.actor.min_logstd_steps=64"]
+    t = OnlineTrainer(cfg_for("flow", epochs=2, extra=extra), tmp_path, log=lines.append)
+    seen = []
+    imagine = t.agent._imagine
+    t.agent._imagine = lambda z, task=None: seen.append(t.agent.imagine_horizon) or imagine(z, task)
+    t.train()
+    assert seen[0] == 4 and seen[-1] == 2 and seen.count(4) == seen.count(2)
+    assert "horizon 4, imagined 2 from 48 env steps" in "\n".join(str(x) for x in lines)
+    agent, _, state = load_agent(tmp_path, buffer=False)
+    assert state["env_steps"] == 56
+    assert agent.imagine_horizon == 2 and agent.actor.min_logstd == pytest.approx(-56 / 64)
+
+
 def test_online_training_moves_the_log_std_floor_with_its_env_steps(tmp_path):
     # 2 epochs of 8 env steps after 40 seed steps: the second epoch starts at 48 env steps.
     extra = ["alg.actor.min_logstd_final=-1.0", "alg.actor.min_logstd_steps=64"]

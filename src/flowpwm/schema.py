@@ -115,6 +115,7 @@ class Alg:
     critic: Critic = key()
     horizon: int = key(ge=1)
     imagine_horizon: int | None = key(ge=1)  # null: horizon
+    imagine_horizon_from: int | None = key(ge=0)  # null: imagine_horizon from the start
     gamma: float = key(gt=0, le=1)
     lam: float = key(ge=0, le=1)
     model_lr: float = key(gt=0)

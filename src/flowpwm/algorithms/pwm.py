@@ -60,6 +60,11 @@ class PWM:
         # The world model's training slices are `horizon` steps; the actor imagines `imagine_horizon`
         # (absent in older configs: the same), so the two can be set apart.
         self.imagine_horizon = int(alg.get("imagine_horizon") or self.horizon)
+        # imagine_horizon_from: online, the actor imagines `horizon` steps until this many env steps,
+        # then `imagine_horizon` (see set_env_steps); absent in older configs: from the start.
+        self.horizon_switch = (alg.get("imagine_horizon_from"), self.imagine_horizon)
+        if self.horizon_switch[0] is not None:
+            self.imagine_horizon = self.horizon
         self.loss_kwargs = wm_loss_kwargs(alg)
         self.episodic, self.termination_mask = bool(episodic), str(alg.get("termination_mask", "soft"))
         if self.termination_mask not in TERMINATION_MASKS:
@@ -326,10 +331,17 @@ class PWM:
         """Online exploration schedule: the actor's log-std floor goes linearly from
         `actor.min_logstd` to `actor.min_logstd_final` over `actor.min_logstd_steps` env steps, then
         stays (DrQ-v2's std schedule): wide noise while the data has little reward, then the actor's
-        own std, down to the lower floor, as it learns. Without `min_logstd_final` the floor is fixed."""
+        own std, down to the lower floor, as it learns. Without `min_logstd_final` the floor is fixed.
+
+        With `imagine_horizon_from` the actor's rollout is `horizon` steps until that many env steps,
+        `imagine_horizon` from then on: the long rollout carries the reward to the actor while the
+        critic has no values yet, the short one stops the model error it compounds later."""
         start, final, steps = self.floor_schedule
         if final is not None:
             self.actor.min_logstd = start + (float(final) - start) * min(env_steps / steps, 1.0)
+        switch, short = self.horizon_switch
+        if switch is not None:
+            self.imagine_horizon = short if env_steps >= int(switch) else self.horizon
 
     def set_progress(self, progress: float) -> None:
         """Linear decay from each initial LR to `min_lr` as progress goes 0 → 1."""

@@ -239,6 +239,8 @@ def load_agent(run_dir_or_ckpt: str | Path, buffer: bool = True) -> tuple[PWM, R
         episodic = any(k.startswith("_termination.") for k in state["agent"]["world_model"])
         agent = PWM(cfg.alg, int(dims["obs_dim"]), int(dims["action_dim"]), episodic=episodic)
         agent.load_state_dict(state["agent"])
+        if "env_steps" in state:  # an online run's schedules (log-std floor, imagined horizon) where they were
+            agent.set_env_steps(int(state["env_steps"]))
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{ckpt} does not match {run.config} ({str(e).splitlines()[0][:160]}): "
                         f"the checkpoint and the config are from different runs") from None

@@ -35,6 +35,7 @@ ADDED_KEYS = {
     "alg.actor.min_logstd_final": None,
     "alg.actor.min_logstd_steps": 50000,
     "alg.imagine_horizon": None,
+    "alg.imagine_horizon_from": None,
     # the flow knobs of the latent-collapse fix (docs/results.md), at what the code did before them
     "alg.world_model.consistency_coef": 0.0,
     "alg.world_model.fm_source_grad": True,
