@@ -55,8 +55,9 @@ def run_header(trainer, wandb_line: str) -> str:
         lines.append(f"  flow: integrator {wm_cfg.integrator}, K={wm_cfg.substeps} substeps ({per_step} velocity "
                      f"evals per step), source {wm_cfg.flow_source}, tau {wm_cfg.tau_sampling}")
     switch, short = agent.horizon_switch
-    imagined = (f", imagined {short} from {switch} env steps" if switch is not None and short != agent.horizon
-                else f", imagined {short}" if short != agent.horizon else "")
+    imagined = f", imagined {short}" if short != agent.horizon else ""
+    if imagined and switch is not None:
+        imagined += f" from {switch} env steps"
     lines.append(f"  actor {n_params(agent.actor):,} params, critic {n_params(agent.critic):,} params; horizon "
                  f"{agent.horizon}{imagined}")
     lines.append("  " + update_to_data(cfg, env.num_envs))
