@@ -62,9 +62,8 @@ class PWM:
         self.imagine_horizon = int(alg.get("imagine_horizon") or self.horizon)
         # imagine_horizon_from: online, the actor imagines `horizon` steps until this many env steps,
         # then `imagine_horizon` (see set_env_steps); absent in older configs: from the start.
-        self.horizon_switch = (alg.get("imagine_horizon_from"), self.imagine_horizon)
-        if self.horizon_switch[0] is not None:
-            self.imagine_horizon = self.horizon
+        switch = alg.get("imagine_horizon_from")
+        self.horizon_switch = (None if switch is None else int(switch), self.imagine_horizon)
         self.loss_kwargs = wm_loss_kwargs(alg)
         self.episodic, self.termination_mask = bool(episodic), str(alg.get("termination_mask", "soft"))
         if self.termination_mask not in TERMINATION_MASKS:
@@ -97,6 +96,7 @@ class PWM:
         self._imagine = perf_lib.compiled(self.imagine, self.perf, self.wm)
         self._critic_loss = perf_lib.compiled(self.critic_loss, self.perf, self.wm)
         self._td_targets = perf_lib.compiled(self.td_lambda_targets, self.perf, self.wm)
+        self.set_env_steps(0)  # the schedules' starting point
 
     def _metric(self, x):
         """A scalar metric: a detached device tensor (perf.device_metrics) or a float."""
@@ -341,7 +341,7 @@ class PWM:
             self.actor.min_logstd = start + (float(final) - start) * min(env_steps / steps, 1.0)
         switch, short = self.horizon_switch
         if switch is not None:
-            self.imagine_horizon = short if env_steps >= int(switch) else self.horizon
+            self.imagine_horizon = short if env_steps >= switch else self.horizon
 
     def set_progress(self, progress: float) -> None:
         """Linear decay from each initial LR to `min_lr` as progress goes 0 → 1."""
