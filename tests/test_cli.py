@@ -31,6 +31,12 @@ def test_fit_wm_on_a_runs_replay_buffer(tmp_path):
         assert f"open loop on slices of {run}'s buffer" in r.stdout, r.stdout
         rank = float(r.stdout.split("effective rank ")[1].split(";")[0])
         assert 1 <= rank <= 64
+    # ... and the fitted model's action Jacobian against the run's simulator, at its policy's states
+    r = flowpwm("fit-wm", "alg=pwm_tiny_flow", f"fit_wm.buffer={run}", "fit_wm.simulator=4", "alg.horizon=4",
+                "fit_wm.batch_size=8", "fit_wm.iterations=10", "fit_wm.log_every=5")
+    assert r.returncode == 0, r.stderr
+    sim = r.stdout.split(f"against the simulator, 4 states reached by {run}'s policy: ∂z'/∂a cosine ")[1]
+    assert -1 <= float(sim.split()[0]) <= 1
     r = flowpwm("fit-wm", f"fit_wm.buffer={tmp_path / 'missing'}")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr, r.stderr
 
@@ -40,6 +46,7 @@ def test_bad_input_gives_one_clear_line_and_nonzero_exit():
         ("fit-wm", "alg=pwm_3M"): "pwm_tiny_flow",
         ("fit-wm", "alg.world_model.integrator=rk4"): "heun",
         ("fit-wm", "alg.world_model.flow_source=decoder"): "rollout",
+        ("fit-wm", "fit_wm.simulator=8"): "fit_wm.buffer=RUN_DIR",
         ("bogus",): "parity",
     }
     for args, hint in cases.items():

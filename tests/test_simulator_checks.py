@@ -48,3 +48,16 @@ def test_a_model_that_ignores_the_action_has_zero_sensitivity_against_a_nonzero_
     s = action_sensitivity(agent, env, states, obs)
     assert s["latent_norm_model"] == 0 and s["latent_cosine"] == 0
     assert s["latent_norm_true"] > 0  # cartpole's cart responds to the force
+
+
+def test_another_world_model_is_checked_at_the_run_policys_actions():
+    """`fit-wm fit_wm.simulator`: a model fitted afresh is checked where the run's policy acts, so
+    the simulator's side (the real reward's response) is the run's and only the model's differs."""
+    agent, env = _agent_and_env("pwm_tiny_flow")
+    states, obs = sample_states(agent, env, seed=2, min_steps=3, max_steps=12)
+    own = action_sensitivity(agent, env, states, obs)
+    assert action_sensitivity(agent, env, states, obs, wm=agent.wm) == own
+    torch.manual_seed(1)
+    other = action_sensitivity(agent, env, states, obs, wm=PWM(load_alg("pwm_tiny"), env.obs_dim, env.action_dim).wm)
+    assert other["reward_norm_true"] == own["reward_norm_true"] and other["reward_states"] == own["reward_states"]
+    assert other["latent_cosine"] != own["latent_cosine"] and other["latent_norm_model"] != own["latent_norm_model"]

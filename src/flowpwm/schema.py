@@ -190,6 +190,7 @@ class FitWm:
     action_dim: int = key(ge=1)
     log_every: int = key(ge=1)
     buffer: str | None = key()  # a run dir: fit on its replay buffer instead of the toy system
+    simulator: int = key(ge=0)  # with buffer: check the fitted model's ∂z'/∂a against the simulator at N states
 
 
 @dataclass
@@ -505,6 +506,9 @@ def _cross_fit_wm(cfg: dict, hardware: bool) -> list[str]:
     length, horizon = cfg["fit_wm"]["episode_length"], cfg["alg"]["horizon"]
     if length < horizon + 1:
         return [f"fit_wm.episode_length={length}: must be at least alg.horizon+1={horizon + 1}"]
+    if cfg["fit_wm"]["simulator"] and not cfg["fit_wm"]["buffer"]:
+        return [f"fit_wm.simulator={cfg['fit_wm']['simulator']}: needs fit_wm.buffer=RUN_DIR (the run whose task "
+                f"and policy give the states), or set fit_wm.simulator=0"]
     return []
 
 

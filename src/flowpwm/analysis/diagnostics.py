@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from flowpwm import integrators
 from flowpwm.algorithms.pwm import PWM
-from flowpwm.analysis.simulator import format_simulator_report, simulator_checks
+from flowpwm.analysis.simulator import action_sensitivity, format_simulator_report, sample_states, simulator_checks
 from flowpwm.config import UserError
 from flowpwm.data.buffer import ReplayBuffer
 from flowpwm.fileio import atomic_write_text, json_text
@@ -434,14 +434,27 @@ def group_table(groups: dict[str, list[Path]], slices: int = 256, seed: int = 0)
     return "\n".join([head, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|", *rows]) + note
 
 
-def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0) -> dict:
-    """`simulator_checks` for a run: its agent against a fresh env of its task, `states` saved states."""
+def _agent_and_simulator(run_dir_or_ckpt: str | Path, states: int, seed: int):
+    """A run's agent and a fresh env of its task with one env per saved state to come."""
     from flowpwm.envs import make_env  # imports the simulators: only when asked for
 
     agent, _, _ = load_agent(run_dir_or_ckpt, buffer=False)
     cfg = OmegaConf.load(RunDir(resolve_run(run_dir_or_ckpt)[0]).config)
     torch.manual_seed(seed)  # the stochastic policy that reaches the saved states
-    return simulator_checks(agent, make_env(cfg.env.task, states, seed=int(cfg.seed) + 20_000 + seed), seed)
+    return agent, make_env(cfg.env.task, states, seed=int(cfg.seed) + 20_000 + seed)
+
+
+def run_simulator_checks(run_dir_or_ckpt: str | Path, states: int, seed: int = 0) -> dict:
+    """`simulator_checks` for a run: its agent against a fresh env of its task, `states` saved states."""
+    return simulator_checks(*_agent_and_simulator(run_dir_or_ckpt, states, seed), seed)
+
+
+def run_action_sensitivity(run_dir_or_ckpt: str | Path, states: int, wm, seed: int = 0) -> dict:
+    """`action_sensitivity` of another world model (`fit-wm`'s, fitted on the run's data) at the
+    run's policy's actions, from the same saved states as `run_simulator_checks`."""
+    agent, env = _agent_and_simulator(run_dir_or_ckpt, states, seed)
+    saved, obs = sample_states(agent, env, seed)
+    return action_sensitivity(agent, env, saved, obs, wm=wm)
 
 
 def checkpoint_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -47,13 +47,16 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, delta: float = 0.1) -> dict:
+def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, delta: float = 0.1,
+                       wm=None) -> dict:
     """Model vs simulator Jacobians w.r.t. the action at the policy's own action, by central
     differences of ±`delta` per action dimension. Latents: the model's next(z, a) against the
-    encoder of the simulator's next obs; rewards: reward_value(z, a) against the real reward."""
-    wm = agent.wm
+    encoder of the simulator's next obs; rewards: reward_value(z, a) against the real reward.
+    `wm`: check another world model (its own encoder) at the actions of `agent`'s policy, e.g.
+    one fitted afresh on the run's data (`flowpwm fit-wm fit_wm.simulator=STATES`)."""
+    a = agent.actor(agent.wm.encode(obs), deterministic=True)
+    wm = agent.wm if wm is None else wm
     z = wm.encode(obs)
-    a = agent.actor(z, deterministic=True)
     true_z, model_z, true_r, model_r = [], [], [], []
     for j in range(env.action_dim):
         e = torch.zeros(env.action_dim)

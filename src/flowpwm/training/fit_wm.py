@@ -2,7 +2,10 @@
 quick check that a config trains and of what each update costs, on the toy oscillator; or, with
 `fit_wm.buffer=RUN_DIR`, on a real run's replay buffer, which isolates the world model's
 objective from the policy that collected the data (how the flow model's latent collapse was
-found: docs/results.md)."""
+found: docs/results.md). With `fit_wm.simulator=STATES` as well, the fitted model's action
+Jacobian ∂z'/∂a is then checked against that run's simulator at STATES states its policy
+reaches (`analysis/simulator.py`): whether a model class gets the action's effect right on the
+same data, apart from the policy it would train."""
 
 from __future__ import annotations
 
@@ -77,4 +80,12 @@ def fit_world_model(cfg: DictConfig, log=print) -> dict[str, float]:
         f"{r['reward_abs_err'][-1]:.4f} (reward std {rew.std():.4f}); relative latent error step {H} "
         f"{r['latent_rel_err'][-1]:.3f}; encoded latents: total variance {spread['total_variance']:.4f}, "
         f"effective rank {spread['effective_rank']:.1f}; {metrics['seconds']:.1f}s")
+    if fit.simulator:
+        from flowpwm.analysis.diagnostics import run_action_sensitivity
+
+        s = run_action_sensitivity(str(fit.buffer), int(fit.simulator), wm.cpu().eval())  # diagnose's states
+        metrics.update({f"sim_{k}": v for k, v in s.items()})
+        log(f"against the simulator, {fit.simulator} states reached by {fit.buffer}'s policy: ∂z'/∂a cosine "
+            f"{s['latent_cosine']:+.3f} (median), norm {s['latent_norm_model']:.4g} vs {s['latent_norm_true']:.4g}; "
+            f"∂r/∂a cosine {s['reward_cosine']:+.3f}, norm {s['reward_norm_model']:.4g} vs {s['reward_norm_true']:.4g}")
     return metrics
