@@ -1,10 +1,11 @@
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 
-from flowpwm.training.preemption import EXIT_REQUEUE
+from flowpwm.training.preemption import EXIT_REQUEUE, StopSignals
 from test_training import FAST
 
 EPOCHS = 12
@@ -45,3 +46,24 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resume_finishes_the_same_run(
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     num_envs, steps_per_epoch, seed_rows = 2, 4, 20  # FAST: 2 envs, 4 steps an epoch, 40 seed steps
     assert last["env_steps"] == (seed_rows + EPOCHS * steps_per_epoch) * num_envs
+
+
+def test_the_requeue_command_survives_the_sigterm_that_slurms_requeue_sends():
+    """Slurm's requeue SIGTERMs every process of the job, the `scontrol requeue` submitit's
+    handler runs included: a command the forwarded handler starts must not die of it (one did on
+    a loaded node, and the sweep failed although the job had been requeued)."""
+    done = []
+
+    def submitit_like(signum, frame):  # requeues by a command, as submitit's handler does
+        done.append(subprocess.run(["sh", "-c", "kill -TERM $$; echo requeued"], capture_output=True, text=True))
+
+    before, term = signal.signal(signal.SIGUSR1, submitit_like), signal.getsignal(signal.SIGTERM)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.received == "SIGUSR1" and not done  # ours only notes it; the loop decides
+            stop.forward()
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert done[0].returncode == 0 and done[0].stdout == "requeued\n", done[0]
+    assert signal.getsignal(signal.SIGTERM) is term  # the handlers from before are back

@@ -30,9 +30,13 @@ class StopSignals:
 
     def forward(self) -> None:
         """After our checkpoint, run the handler that was installed before ours (submitit's,
-        which requeues the job and exits); plain default handlers are not called."""
+        which requeues the job and exits); plain default handlers are not called. SIGTERM is
+        ignored meanwhile, by the commands it starts too: Slurm's requeue SIGTERMs every process
+        of the job, the `scontrol requeue` that asked for it included, and a requeue command
+        killed that way fails the job although it was requeued (seen on a loaded node)."""
         old = self._old.get(self._signum)
         if callable(old):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited across exec; __exit__ restores
             old(self._signum, None)
 
     def __enter__(self) -> "StopSignals":
