@@ -54,9 +54,12 @@ def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, d
     encoder of the simulator's next obs; rewards: reward_value(z, a) against the real reward.
     `wm`: check another world model (its own encoder) at the actions of `agent`'s policy, e.g.
     one fitted afresh on the run's data (`flowpwm fit-wm fit_wm.simulator=STATES`)."""
-    a = agent.actor(agent.wm.encode(obs), deterministic=True)
-    wm = agent.wm if wm is None else wm
-    z = wm.encode(obs)
+    z = agent.wm.encode(obs)
+    a = agent.actor(z, deterministic=True)
+    if wm is None:
+        wm = agent.wm
+    else:
+        z = wm.encode(obs)
     true_z, model_z, true_r, model_r = [], [], [], []
     for j in range(env.action_dim):
         e = torch.zeros(env.action_dim)
