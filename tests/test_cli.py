@@ -37,6 +37,8 @@ def test_fit_wm_on_a_runs_replay_buffer(tmp_path):
     assert r.returncode == 0, r.stderr
     sim = r.stdout.split(f"against the simulator, 4 states reached by {run}'s policy: ∂z'/∂a cosine ")[1]
     assert -1 <= float(sim.split()[0]) <= 1
+    share = float(sim.split("the entries the encoder holds < 0.05 ")[1].split()[0])  # the model's share there
+    assert 0 <= share <= 1
     r = flowpwm("fit-wm", f"fit_wm.buffer={tmp_path / 'missing'}")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr, r.stderr
 

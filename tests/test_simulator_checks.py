@@ -61,3 +61,25 @@ def test_another_world_model_is_checked_at_the_run_policys_actions():
     other = action_sensitivity(agent, env, states, obs, wm=PWM(load_alg("pwm_tiny"), env.obs_dim, env.action_dim).wm)
     assert other["reward_norm_true"] == own["reward_norm_true"] and other["reward_states"] == own["reward_states"]
     assert other["latent_cosine"] != own["latent_cosine"] and other["latent_norm_model"] != own["latent_norm_model"]
+
+
+def test_the_jacobian_is_split_between_the_entries_simnorm_pins_and_the_others():
+    """A model whose next latent is the encoder of the simulator's next obs has the simulator's
+    Jacobian: the same share on the pinned entries, cosine 1 on the rest. A model that moves only
+    the pinned entries puts all its response there, and none where the simulator's lies."""
+    agent, env = _agent_and_env("pwm_tiny")
+    states, obs = sample_states(agent, env, seed=2, min_steps=3, max_steps=12)
+    wm = agent.wm
+    exact = lambda z, a, task=None: wm.encode(env.step_from(states, a)[0])  # noqa: E731
+    agent.wm.next = exact
+    s = action_sensitivity(agent, env, states, obs)
+    assert abs(s["latent_cosine"] - 1) < 1e-5 and abs(s["latent_cosine_free"] - 1) < 1e-5
+    assert s["latent_pinned_share_model"] == s["latent_pinned_share_true"]
+    a0 = agent.actor(wm.encode(obs), deterministic=True)
+    held = (wm.encode(env.step_from(states, a0)[0]) < 0.05).float()
+    assert 0 < held.mean() < 1 and s["pinned_entries"] == held.mean().item()
+    agent.wm.next = lambda z, a, task=None: z + held * a.sum(-1, keepdim=True)  # noqa: E731
+    s = action_sensitivity(agent, env, states, obs)
+    assert abs(s["latent_pinned_share_model"] - 1) < 1e-6 and s["latent_cosine_free"] == 0
+    assert "the encoder holds < 0.05" in format_simulator_report(
+        {"states": 4, "delta": 0.1, "action_sensitivity": s, "returns": imagined_vs_real(agent, env, states, obs, horizon=2)})

@@ -5,7 +5,11 @@ Replay slices only show the actions that were taken; the simulator can be put ba
 saved state and stepped with any action, which answers what the actor's gradient depends on:
 - action sensitivity: ∂z'/∂a of the model's one-step map against the simulator's
   ∂encoder(obs')/∂a (central differences, every action dimension), as the cosine between
-  the two (D × A) Jacobians and their norm ratio; the same for the reward;
+  the two (D × A) Jacobians and their norm ratio; the same for the reward. Split by latent
+  entry: SimNorm's softmax holds most entries of an encoded latent near 0 and damps their
+  response to anything, so the share of ‖∂z'/∂a‖² a model puts on the entries the encoder pins
+  (below `pinned` at the real next state) shows response where the simulator's has almost none;
+  the cosine over the other entries is the direction where both can move;
 - imagined vs real return: from the same states, H steps of the deterministic policy in the
   simulator (discounted real rewards) against the model closed-loop (the policy acting on the
   model's latents, what the actor maximises) and open-loop (the model fed the real actions),
@@ -46,20 +50,28 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1, eps=1e-12)
 
 
+def _share(j: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per state, the share of the Jacobian's squared norm on the masked entries."""
+    total = j.pow(2).flatten(1).sum(1)
+    return (j * mask).pow(2).flatten(1).sum(1) / total.clamp(min=1e-24)
+
+
 @torch.no_grad()
 def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, delta: float = 0.1,
-                       wm=None) -> dict:
+                       wm=None, pinned: float = 0.05) -> dict:
     """Model vs simulator Jacobians w.r.t. the action at the policy's own action, by central
     differences of ±`delta` per action dimension. Latents: the model's next(z, a) against the
     encoder of the simulator's next obs; rewards: reward_value(z, a) against the real reward.
     `wm`: check another world model (its own encoder) at the actions of `agent`'s policy, e.g.
-    one fitted afresh on the run's data (`flowpwm fit-wm fit_wm.simulator=STATES`)."""
+    one fitted afresh on the run's data (`flowpwm fit-wm fit_wm.simulator=STATES`). `pinned`:
+    the encoded-latent value below which an entry counts as held near 0 by SimNorm."""
     z = agent.wm.encode(obs)
     a = agent.actor(z, deterministic=True)
     if wm is None:
         wm = agent.wm
     else:
         z = wm.encode(obs)
+    held = (wm.encode(env.step_from(states, a)[0]) < pinned).unsqueeze(-1)  # (N, D, 1) at the policy's action
     true_z, model_z, true_r, model_r = [], [], [], []
     for j in range(env.action_dim):
         e = torch.zeros(env.action_dim)
@@ -76,6 +88,10 @@ def action_sensitivity(agent: PWM, env: BatchedEnv, states, obs: torch.Tensor, d
         "latent_cosine": _cosine(tz, mz).median().item(),
         "latent_norm_true": tz.flatten(1).norm(dim=1).median().item(),
         "latent_norm_model": mz.flatten(1).norm(dim=1).median().item(),
+        "pinned": pinned, "pinned_entries": held.float().mean().item(),
+        "latent_pinned_share_true": _share(tz, held).median().item(),
+        "latent_pinned_share_model": _share(mz, held).median().item(),
+        "latent_cosine_free": _cosine(tz * ~held, mz * ~held).median().item(),
         "reward_cosine": _cosine(tr[moving], mr[moving]).median().item() if moving.any() else float("nan"),
         "reward_norm_true": tr.norm(dim=1).median().item(),
         "reward_norm_model": mr.norm(dim=1).median().item(),
@@ -134,6 +150,9 @@ def format_simulator_report(d: dict) -> str:
         "", "| quantity | model | simulator | cosine (median) |", "|---|---:|---:|---:|",
         f"| ‖∂z'/∂a‖ (median) | {s['latent_norm_model']:.4g} | {s['latent_norm_true']:.4g} | {s['latent_cosine']:+.3f} |",
         f"| ‖∂r/∂a‖ (median) | {s['reward_norm_model']:.4g} | {s['reward_norm_true']:.4g} | {s['reward_cosine']:+.3f} |",
+        f"| share of ‖∂z'/∂a‖² on the {s['pinned_entries']:.0%} of entries the encoder holds < {s['pinned']:g}; "
+        f"cosine: the other entries | {s['latent_pinned_share_model']:.3f} | {s['latent_pinned_share_true']:.3f} "
+        f"| {s['latent_cosine_free']:+.3f} |",
         "", f"| {r['horizon']}-step discounted return | real | imagined (closed loop) | model on real actions |",
         "|---|---:|---:|---:|",
         f"| return | {r['real_return']:.3f} | {r['imagined_return']:.3f} | {r['open_loop_return']:.3f} |",

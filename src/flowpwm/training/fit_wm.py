@@ -87,5 +87,7 @@ def fit_world_model(cfg: DictConfig, log=print) -> dict[str, float]:
         metrics.update({f"sim_{k}": v for k, v in s.items()})
         log(f"against the simulator, {fit.simulator} states reached by {fit.buffer}'s policy: ∂z'/∂a cosine "
             f"{s['latent_cosine']:+.3f} (median), norm {s['latent_norm_model']:.4g} vs {s['latent_norm_true']:.4g}; "
-            f"∂r/∂a cosine {s['reward_cosine']:+.3f}, norm {s['reward_norm_model']:.4g} vs {s['reward_norm_true']:.4g}")
+            f"∂r/∂a cosine {s['reward_cosine']:+.3f}, norm {s['reward_norm_model']:.4g} vs {s['reward_norm_true']:.4g}; "
+            f"share of ‖∂z'/∂a‖² on the entries the encoder holds < {s['pinned']:g} {s['latent_pinned_share_model']:.3f} "
+            f"vs {s['latent_pinned_share_true']:.3f}, cosine on the others {s['latent_cosine_free']:+.3f}")
     return metrics
