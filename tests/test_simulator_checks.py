@@ -70,8 +70,7 @@ def test_the_jacobian_is_split_between_the_entries_simnorm_pins_and_the_others()
     agent, env = _agent_and_env("pwm_tiny")
     states, obs = sample_states(agent, env, seed=2, min_steps=3, max_steps=12)
     wm = agent.wm
-    exact = lambda z, a, task=None: wm.encode(env.step_from(states, a)[0])  # noqa: E731
-    agent.wm.next = exact
+    agent.wm.next = lambda z, a, task=None: wm.encode(env.step_from(states, a)[0])  # noqa: E731
     s = action_sensitivity(agent, env, states, obs)
     assert abs(s["latent_cosine"] - 1) < 1e-5 and abs(s["latent_cosine_free"] - 1) < 1e-5
     assert s["latent_pinned_share_model"] == s["latent_pinned_share_true"]

@@ -52,8 +52,8 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _share(j: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per state, the share of the Jacobian's squared norm on the masked entries."""
-    total = j.pow(2).flatten(1).sum(1)
-    return (j * mask).pow(2).flatten(1).sum(1) / total.clamp(min=1e-24)
+    sq = j.pow(2)  # (N, D, A); the mask is (N, D, 1)
+    return (sq * mask).flatten(1).sum(1) / sq.flatten(1).sum(1).clamp(min=1e-24)
 
 
 @torch.no_grad()
