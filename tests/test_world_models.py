@@ -275,3 +275,80 @@ def test_simplex_retraction_keeps_integrated_latents_on_the_simplex():
     out = wm.next(z, a).reshape(64, 2, 8)
     assert out.min() >= 0 and torch.allclose(out.sum(-1), torch.ones(64, 2), atol=1e-5)
     assert torch.allclose(wm.retract(z), z, atol=1e-6)  # identity on the simplex
+
+
+def test_logits_flow_round_trips_latents_and_ends_on_the_simplex():
+    wm = small_flow(flow_space="logits", logit_floor=1e-3)
+    nn.init.normal_(wm._velocity[-1].weight, std=1.0)  # a wild field: a latent-space flow would leave the simplex
+    z = torch.softmax(torch.rand(64, 2, 8) * 4 - 2, -1).reshape(64, 16)  # every entry > e^-4 / 8 > the floor
+    x = wm.to_flow(z)
+    assert x.reshape(64, 2, 8).sum(-1).abs().max() < 1e-4  # each group centred: the softmax's gauge fixed
+    assert torch.allclose(wm.from_flow(x), z, atol=1e-6)
+    out = wm.next(z, torch.rand(64, 2)).reshape(64, 2, 8)
+    assert out.min() >= 0 and torch.allclose(out.sum(-1), torch.ones(64, 2), atol=1e-5)
+    with pytest.raises(ValueError, match="simplex_retraction"):
+        small_flow(flow_space="logits", simplex_retraction=True)
+    with pytest.raises(ValueError, match="flow_space='simplex' is unknown"):
+        small_flow(flow_space="simplex")
+
+
+def test_logits_flow_damps_the_action_response_of_entries_simnorm_pins():
+    """The point of flow_space=logits: an entry near 0 moves with the action in proportion to its
+    own probability (a softmax's Jacobian), where a latent-space flow moves it as freely as any."""
+    g = torch.full((32, 2, 8), -8.0)
+    g[..., :4] = torch.randn(32, 2, 4)  # four entries per group free, four pinned near e^-8
+    z = torch.softmax(g, -1).reshape(32, 16)
+    pinned = z < 0.05
+    a = torch.zeros(32, 2, requires_grad=True)
+    share = {}
+    for space in ("latent", "logits"):
+        torch.manual_seed(0)
+        wm = small_flow(flow_space=space, logit_floor=1e-4)
+        jac = torch.stack([torch.autograd.grad(wm.next(z, a)[:, i].sum(), a)[0] for i in range(16)], 1)
+        energy = jac.pow(2).sum(-1)  # (32, 16): squared action response per entry
+        share[space] = (energy * pinned).sum() / energy.sum()
+    assert share["latent"] > 0.2 and share["logits"] < 0.01, share
+
+
+def test_logits_flow_learns_a_known_latent_map():
+    """Flow matching between the logits of source and target (as compute_wm_loss does for a
+    logits flow) makes next() reach the target latent: here a known action-dependent tilt of
+    each SimNorm group, z' = SimNorm(log z + a W)."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(2, 16, generator=g)
+
+    def sample(n):
+        return torch.softmax(torch.randn(n, 2, 8, generator=g), -1).reshape(n, 16), torch.rand(n, 2, generator=g) * 2 - 1
+
+    def target(z, a):
+        return torch.softmax((z.log() + a @ W).reshape(-1, 2, 8), -1).reshape(-1, 16)
+
+    wm = small_flow(integrator="heun", substeps=1, flow_space="logits", logit_floor=1e-6)
+    opt = torch.optim.Adam(wm._velocity.parameters(), lr=2e-3)
+    for _ in range(1000):
+        z, a = sample(256)
+        loss = compute_flow_matching_loss(wm.velocity_fn(a), wm.to_flow(z), wm.to_flow(target(z, a))).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z, a = sample(2048)
+    with torch.no_grad():
+        pred, true = wm.next(z, a), target(z, a)
+    assert (pred - true).abs().mean() < 0.05 * (true - z).abs().mean()
+
+
+def test_wm_loss_of_a_logits_flow_matches_the_groups_logits():
+    """compute_wm_loss's flow-matching term runs in the flow space: a field that is exactly the
+    logit difference (zero loss there) scores zero, one that is the latent difference does not."""
+    wm = tiny_wm("flow", flow_space="logits")
+    obs, action, reward = batch(H=1)
+    with torch.no_grad():
+        z0, z1 = wm.encode(obs[0]), wm.encode(obs[1])
+    exact = (wm.to_flow(z1) - wm.to_flow(z0)).detach()
+    wm.velocity_fn = lambda a, task=None: (lambda x, tau: exact.expand_as(x))
+    _, m = compute_wm_loss(wm, obs, action, reward, flow_source="encoder")
+    assert float(m["flow_matching_loss"]) < 1e-10
+    latent_step = (z1 - z0).detach()
+    wm.velocity_fn = lambda a, task=None: (lambda x, tau: latent_step.expand_as(x))
+    _, m = compute_wm_loss(wm, obs, action, reward, flow_source="encoder")
+    assert float(m["flow_matching_loss"]) > 1e-3

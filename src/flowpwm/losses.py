@@ -101,8 +101,8 @@ def compute_wm_loss(
         # One encoder pass over all H+1 steps; the target half is detached.
         z_all = wm.encode(obs, task)
         sources, targets, reached = z_all[:-1], z_all[1:].detach(), z_all[1:]
-        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
-                                              fm_source_grad)
+        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), wm.to_flow(sources),
+                                              wm.to_flow(targets), tau_sampling, fm_source_grad)
         if consistency_coef > 0:
             _, reached, consistency = _latent_rollout(wm, z_all[0], action, targets, task, identity_grad=identity_grad)
     else:
@@ -113,8 +113,8 @@ def compute_wm_loss(
                                                         full=full, identity_grad=identity_grad)
         # The flow-matching term needs no step's result for the next one: one velocity call over
         # all H sources, not one per step inside the rollout (H times fewer small kernels).
-        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), sources, targets, tau_sampling,
-                                              fm_source_grad)
+        dynamics = compute_flow_matching_loss(wm.velocity_fn(action, task), wm.to_flow(sources),
+                                              wm.to_flow(targets), tau_sampling, fm_source_grad)
     alive = None if mask is None else mask.reshape(H, -1)
 
     def over_steps(per_sample: torch.Tensor) -> torch.Tensor:

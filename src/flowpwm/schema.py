@@ -33,7 +33,7 @@ from flowpwm.envs.registry import available_tasks
 from flowpwm.envs.tasksets import MT80, TASK_SETS
 from flowpwm.integrators import STEPS, TAU_SAMPLING
 from flowpwm.losses import FLOW_SOURCES
-from flowpwm.models.flow_world_model import TAU_EMBEDDINGS
+from flowpwm.models.flow_world_model import FLOW_SPACES, TAU_EMBEDDINGS
 from flowpwm.monitoring import PROGRESS_MODES, WANDB_MODES
 from flowpwm.perf import AUTO, COMPILE_BACKENDS, COMPILE_MODES
 
@@ -70,6 +70,8 @@ class FlowWorldModel(WorldModel):
     flow_source: str = key(choices=FLOW_SOURCES)
     tangent_projection: bool = key()
     simplex_retraction: bool = key()
+    flow_space: str = key(choices=FLOW_SPACES)
+    logit_floor: float = key(gt=0, lt=1)
     tau_embedding: str = key(choices=TAU_EMBEDDINGS)
     tau_features: int = key(ge=1)
     velocity_units: list[int] = key(ge=1, min_len=1)

@@ -148,7 +148,8 @@ def default_fine_substeps(wm) -> int:
 @torch.no_grad()
 def flow_straightness(wm, z0: torch.Tensor, a: torch.Tensor, fine_substeps: int | None = None,
                       task=None, eps: float = 1e-12) -> dict[str, torch.Tensor]:
-    """How straight the learned flow from each latent z0 (B, D) under action a (B, A) is.
+    """How straight the learned flow from each latent z0 (B, D) under action a (B, A) is, in
+    the space the flow runs in (`wm.to_flow(z0)`; z below is a point of that space).
 
     Reference path: Heun with N = `fine_substeps` (default: `default_fine_substeps(wm)`)
     equal steps from τ=0 to 1 (no simplex retraction), states z(τ_k) at τ_k = k/N, endpoint
@@ -175,6 +176,7 @@ def flow_straightness(wm, z0: torch.Tensor, a: torch.Tensor, fine_substeps: int 
     if N < 1:
         raise ValueError(f"fine_substeps must be >= 1, got {fine_substeps}")
     f, h = wm.velocity_fn(a, task), 1.0 / N
+    z0 = wm.to_flow(z0)  # the path runs in the flow space (logits flows: the groups' log space)
 
     def tau(t: float) -> torch.Tensor:
         return torch.full((*z0.shape[:-1], 1), t, device=z0.device, dtype=z0.dtype)

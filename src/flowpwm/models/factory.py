@@ -42,6 +42,8 @@ def build_world_model(wm_cfg, obs_dim: int, action_dim: int, num_tasks: int = 1,
                 tau_features=int(wm_cfg.tau_features),
                 tangent_projection=bool(wm_cfg.tangent_projection),
                 simplex_retraction=bool(wm_cfg.get("simplex_retraction", False)),
+                flow_space=wm_cfg.get("flow_space", "latent"),
+                logit_floor=float(wm_cfg.get("logit_floor", 1e-3)),
             )
         raise ValueError(f"type={wm_cfg.type!r} is unknown: use 'mlp' or 'flow'")
     except (ValueError, OmegaConfBaseException) as e:

@@ -1,5 +1,6 @@
-"""Flow-matching world model: the MLP dynamics replaced by a velocity field v_θ(z, a, τ)
-whose ODE dz/dτ = v_θ is integrated from τ=0 (current latent) to τ=1 (next latent)."""
+"""Flow-matching world model: the MLP dynamics replaced by a velocity field v_θ(x, a, τ)
+whose ODE dx/dτ = v_θ is integrated from τ=0 (current latent) to τ=1 (next latent), in the
+latent space itself or in the log space of its SimNorm groups (`flow_space`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Sequence
 import torch
 
 from flowpwm import integrators
-from flowpwm.models.layers import mlp
+from flowpwm.models.layers import mlp, simnorm
 from flowpwm.models.world_model import LatentWorldModel
 
 TAU_EMBEDDINGS = ("scalar", "sinusoidal")
+FLOW_SPACES = ("latent", "logits")
 
 
 def tau_features(tau: torch.Tensor, kind: str, n: int) -> torch.Tensor:
@@ -31,7 +33,13 @@ class FlowWorldModel(LatentWorldModel):
     The velocity output is a plain linear layer (no SimNorm/softmax: that pins the
     flow-matching loss at a floor). With `tangent_projection` each SimNorm group of v has
     zero sum, so integrated latents keep their group sums at 1; `simplex_retraction` also
-    clips the integrated latent back onto the simplex (no negative entries)."""
+    clips the integrated latent back onto the simplex (no negative entries).
+
+    `flow_space="logits"` integrates x = log z per SimNorm group (entries floored at
+    `logit_floor`, each group centred) and returns SimNorm(x1), as the MLP ends in SimNorm: an
+    entry the softmax holds near 0 responds to the action through its own small probability,
+    where a latent-space flow moves it as freely as any other (docs/results.md, the flow model's
+    action response). The velocity network still sees the latent, SimNorm(x)."""
 
     kind = "flow"
 
@@ -45,6 +53,8 @@ class FlowWorldModel(LatentWorldModel):
         tau_features: int = 16,
         tangent_projection: bool = True,
         simplex_retraction: bool = False,
+        flow_space: str = "latent",
+        logit_floor: float = 1e-3,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -53,11 +63,18 @@ class FlowWorldModel(LatentWorldModel):
             raise ValueError(f"tau_embedding={tau_embedding!r} is unknown: use one of {list(TAU_EMBEDDINGS)}")
         if tau_embedding == "sinusoidal" and (tau_features < 2 or tau_features % 2):
             raise ValueError(f"sinusoidal tau_features must be even and >= 2, got {tau_features}")
+        if flow_space not in FLOW_SPACES:
+            raise ValueError(f"flow_space={flow_space!r} is unknown: use one of {list(FLOW_SPACES)}")
+        if flow_space == "logits" and simplex_retraction:
+            raise ValueError("simplex_retraction applies to flow_space=latent: a logits flow always ends on the simplex")
+        if not 0 < logit_floor < 1:
+            raise ValueError(f"logit_floor must be in (0, 1), got {logit_floor}")
         if substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {substeps}")
         self.integrator, self.substeps = integrator, int(substeps)
         self.tau_embedding, self.tau_dim = tau_embedding, int(tau_features)
         self.tangent_projection, self.simplex_retraction = tangent_projection, simplex_retraction
+        self.flow_space, self.logit_floor = flow_space, float(logit_floor)
         self.velocity_units = list(velocity_units)
         self._velocity = mlp(
             self.latent_dim + self.action_dim + self.task_dim + self.tau_dim,
@@ -75,6 +92,8 @@ class FlowWorldModel(LatentWorldModel):
         if not torch.compiler.is_compiling():  # an int that changes would recompile every call;
             self.nfe += 1                       # compiled callers add the count (perf.NfeCounted)
         tau = tau.expand(*z.shape[:-1], 1)
+        if self.flow_space == "logits":
+            z = simnorm(z, self.simnorm_dim)
         v = self._velocity(torch.cat([z, cond, tau_features(tau, self.tau_embedding, self.tau_dim)], dim=-1))
         if self.tangent_projection:
             g = v.reshape(*v.shape[:-1], -1, self.simnorm_dim)
@@ -82,20 +101,37 @@ class FlowWorldModel(LatentWorldModel):
         return v
 
     def velocity(self, z: torch.Tensor, a: torch.Tensor, tau, task=None) -> torch.Tensor:
-        """v_θ(z, a, τ); τ is a float or a tensor broadcastable to (..., 1)."""
+        """v_θ(x, a, τ) at a point x of the flow space (`to_flow`); τ is a float or a tensor
+        broadcastable to (..., 1)."""
         tau = torch.as_tensor(tau, device=z.device, dtype=z.dtype)
         if tau.dim() == 0 or tau.shape[-1] != 1:
             tau = tau.unsqueeze(-1)
         return self._velocity_from(z, self._condition(a, task), tau)
 
     def velocity_fn(self, a: torch.Tensor, task=None):
-        """The field f(z, τ) for a fixed action, as the integrators and the FM loss take it."""
+        """The field f(x, τ) on the flow space for a fixed action, as the integrators and the
+        FM loss take it."""
         cond = self._condition(a, task)
         return lambda z, tau: self._velocity_from(z, cond, tau)
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
-        z = integrators.integrate(self.velocity_fn(a, task), z, self.integrator, self.substeps)
-        return self.retract(z) if self.simplex_retraction else z
+        x = integrators.integrate(self.velocity_fn(a, task), self.to_flow(z), self.integrator, self.substeps)
+        return self.from_flow(x)
+
+    def to_flow(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent as a point of the space the flow runs in: itself, or (logits) the log of
+        each SimNorm group, floored at `logit_floor` and centred (softmax ignores the centre)."""
+        if self.flow_space == "latent":
+            return z
+        g = z.reshape(*z.shape[:-1], -1, self.simnorm_dim).clamp(min=self.logit_floor).log()
+        return (g - g.mean(-1, keepdim=True)).reshape(z.shape)
+
+    def from_flow(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent at a point of the flow space: SimNorm(x) (logits), else x itself, retracted
+        onto the simplices with `simplex_retraction`."""
+        if self.flow_space == "logits":
+            return simnorm(x, self.simnorm_dim)
+        return self.retract(x) if self.simplex_retraction else x
 
     def retract(self, z: torch.Tensor) -> torch.Tensor:
         """Back onto the SimNorm simplices: clip negatives, renormalise each group. The exact

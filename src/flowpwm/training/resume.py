@@ -40,6 +40,8 @@ ADDED_KEYS = {
     "alg.world_model.consistency_coef": 0.0,
     "alg.world_model.fm_source_grad": True,
     "alg.world_model.identity_grad": True,
+    "alg.world_model.flow_space": "latent",
+    "alg.world_model.logit_floor": 0.001,
 }
 
 
