@@ -118,10 +118,10 @@ def test_nfe_counts_what_the_integrator_costs(method, substeps):
     assert n["per_rollout"] == 4 * integrators.nfe(method, substeps)
 
 
-@pytest.mark.parametrize("kind", ["flow", "mlp"])
-def test_diagnose_a_checkpoint_path_end_to_end(kind, tmp_path, capsys):
+@pytest.mark.parametrize("kind,extra", [("flow", ()), ("flow", ("alg.world_model.flow_space=logits",)), ("mlp", ())])
+def test_diagnose_a_checkpoint_path_end_to_end(kind, extra, tmp_path, capsys):
     run = tmp_path / "run"
-    train(cfg_for(kind), run, log=lambda *_: None)
+    train(cfg_for(kind, extra=extra), run, log=lambda *_: None)
     out = tmp_path / "diag" / "d.json"
     assert main([str(run / "checkpoints" / "latest.pt"), "--slices", "16", "--json", str(out)]) == 0
     text = capsys.readouterr().out

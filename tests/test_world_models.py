@@ -155,14 +155,16 @@ def test_fm_source_grad_false_keeps_the_flow_matching_term_off_the_encoder(sourc
     assert grads[True][1] > 0 and grads[False][1] > 0
 
 
+@pytest.mark.parametrize("space", ["latent", "logits"])
 @pytest.mark.parametrize("source", ["encoder", "rollout"])
-def test_identity_grad_false_cuts_the_encoders_gradient_through_z_prime_equals_z(source):
+def test_identity_grad_false_cuts_the_encoders_gradient_through_z_prime_equals_z(source, space):
     """With a zero velocity field next(z) = z: the consistency loss then reaches the encoder
-    only through the identity path, which identity_grad=False cuts (the collapse fix)."""
+    only through the identity path, which identity_grad=False cuts (the collapse fix). A logits
+    flow's remainder is a constant per SimNorm group, which the encoder's softmax cancels."""
     obs, action, reward = batch(H=3)
     grads = {}
     for flag in (True, False):
-        wm = tiny_wm("flow")
+        wm = tiny_wm("flow", flow_space=space)
         nn.init.zeros_(wm._velocity[-1].weight)
         nn.init.zeros_(wm._velocity[-1].bias)
         loss, m = compute_wm_loss(wm, obs, action, reward, flow_source=source, reward_coef=0.0, consistency_coef=1.0,
@@ -170,7 +172,9 @@ def test_identity_grad_false_cuts_the_encoders_gradient_through_z_prime_equals_z
         loss.backward()
         grads[flag] = sum(p.grad.abs().sum() for p in wm._encoder.parameters() if p.grad is not None)
         assert m["consistency_loss"] > 0
-    assert grads[True] > 0 and grads[False] == 0
+    assert grads[True] > 0
+    # logits: entries below logit_floor lose their gradient to the floor, hence not exactly 0
+    assert grads[False] == 0 if space == "latent" else grads[False] <= 1e-3 * grads[True], grads
 
 
 def test_consistency_term_is_zero_when_next_hits_its_targets():

@@ -47,6 +47,8 @@ def _latent_rollout(wm, z0, action, targets, task, full=True, identity_grad=True
             z = wm.next(z, action[t], task)
             # z_t = z0 + (sum of integrated increments): without identity_grad the loss reaches the
             # encoder through the velocity field's inputs only, not through the identity path from z0.
+            # A logits flow (z_t = SimNorm(log z0 + increments)) keeps, beside that, a term of the
+            # order of the step plus a constant per group, which the encoder's SimNorm cancels.
             reached.append(z if identity_grad else z - z0 + z0.detach())
     reached = torch.stack(reached) if full else None
     mse = (reached - targets).pow(2).mean(-1) if full else None
