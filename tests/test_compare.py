@@ -30,8 +30,10 @@ C = [90.0, 300.0, 300.0, 60.0, 250.0]  # overlaps A and B, with ties
 
 
 def make_run(root: Path, name: str, final: float, seed: int, wm: str = "mlp", task: str = "cartpole-swingup",
-             epochs: int = 6, steps_per_epoch: int = 1000, eval_every: int = 2, esnr: bool = True) -> Path:
-    """Eval return rises linearly from 0 at epoch 0 to `final` at the last epoch."""
+             epochs: int = 6, steps_per_epoch: int = 1000, eval_every: int = 2, esnr: bool = True,
+             esnr_offset: float = 0.0, esnr_every: int = 3) -> Path:
+    """Eval return rises linearly from 0 at epoch 0 to `final` at the last epoch; ESNR (dB) is
+    -10 + epoch + esnr_offset every `esnr_every` epochs."""
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(f"seed: {seed}\nenv:\n  task: {task}\nalg:\n  name: pwm_tiny\n"
@@ -42,8 +44,8 @@ def make_run(root: Path, name: str, final: float, seed: int, wm: str = "mlp", ta
                "rss_mib": 1000.0 + 10 * e + seed, "wm_loss": 1.0 / e, "actor_loss": -e}
         if e % eval_every == 0 or e == epochs:
             rec["eval_return"] = final * e / epochs
-        if esnr and e % 3 == 0:
-            rec["esnr_db"] = -10.0 + e
+        if esnr and e % esnr_every == 0:
+            rec["esnr_db"] = -10.0 + e + esnr_offset
         lines.append(rec)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return d
@@ -308,3 +310,34 @@ def test_reference_scores_normalise_each_task_so_tasks_pool(tmp_path, capsys):
         with pytest.raises(UserError, match=hint):
             main(["--group", "mlp", *map(str, runs), "--reference", *bad, "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_esnr_per_task_compares_groups_at_the_steps_all_runs_measured(tmp_path, capsys):
+    """The headline comparison: per task, each group's actor-gradient ESNR averaged over the env
+    steps where every run of the task measured it (a longer run's later, lower-ESNR points are
+    left out), with the difference between groups and Welch's interval."""
+    mlp = [make_run(tmp_path, f"m{i}", 100.0, i, task="finger-spin", esnr_offset=o) for i, o in enumerate((0.0, 1.0, 2.0))]
+    # the flow runs go on to epoch 9: their ESNR at 9000+ env steps has no MLP counterpart
+    flow = [make_run(tmp_path, f"f{i}", 100.0, i, wm="flow", task="finger-spin", epochs=9, esnr_offset=o)
+            for i, o in enumerate((3.0, 4.0, 6.0))]
+    other = [make_run(tmp_path, "c0", 100.0, 0, task="cheetah-run", esnr_every=3),
+             make_run(tmp_path, "c1", 100.0, 1, wm="flow", task="cheetah-run", esnr_every=4)]
+    out = tmp_path / "cmp"
+    assert main(["--by", "alg.world_model.type", *map(str, mlp + flow + other), "--out", str(out),
+                 "--bootstrap", "100", "--diagnose-slices", "0"]) == 0
+    rows = {(r["task"], r["group"]): r for r in read_csv(out / "esnr_by_task.csv")}
+    finger_m, finger_f = rows[("finger-spin", "mlp")], rows[("finger-spin", "flow")]
+    assert finger_m["steps"] == finger_f["steps"] == "3500 6500"  # epochs 3 and 6 only
+    # per run: mean of -10 + 3 + o and -10 + 6 + o = -5.5 + o; at the last common step -4 + o
+    assert float(finger_m["mean_db"]) == pytest.approx(-4.5) and float(finger_f["mean_db"]) == pytest.approx(-1.1666667)
+    assert float(finger_f["last_db"]) == pytest.approx(-4 + 13 / 3)
+    m_runs, f_runs = np.array([-5.5, -4.5, -3.5]), np.array([-2.5, -1.5, 0.5])
+    half = stats.t.ppf(0.975, 2) * stats.sem(f_runs)
+    assert float(finger_f["mean_db_ci_low"]) == pytest.approx(f_runs.mean() - half)
+    welch = stats.ttest_ind(f_runs, m_runs, equal_var=False)
+    report = (out / "report.md").read_text()
+    ci = welch.confidence_interval(0.95)
+    assert f"| finger-spin | flow | mlp | 3.33 [{ci.low:.2f}, {ci.high:.2f}] | {welch.pvalue:.3g} |" in report
+    # runs that share no measured step are averaged over their own, and the report says so
+    assert rows[("cheetah-run", "mlp")]["common"] == "False" and ", own" in report
+    assert "cheetah-run runs share no env steps at which all measured ESNR" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 
 Per group: eval-return learning curves on a common env-step grid (mean and a 95 % t-interval
 over seeds), final performance (mean and IQM with 95 % stratified percentile-bootstrap CIs),
-ESNR and world-model loss curves, wall time and peak memory. Between each pair of groups:
+ESNR and world-model loss curves, the ESNR per task at the steps every run measured it
+(analysis/esnr_by_task.py), wall time and peak memory. Between each pair of groups:
 Welch's t-test, Mann-Whitney U and the probability of improvement with a bootstrap CI.
 Writes report.md, a self-contained report.html, summary.csv, tests.csv and PNG figures.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from flowpwm.analysis.esnr_by_task import esnr_by_task
 from flowpwm.analysis.report import fmt_ci, fmt_general
 from flowpwm.analysis.runs import Run, load_run, metrics_notes
 from flowpwm.analysis.smoothing import parse_smooth, smooth as smooth_values
@@ -397,6 +399,7 @@ class Comparison:
     settings: Settings
     measure: Measure = RETURNS
     multitask: "object | None" = None  # analysis.multitask.MultiTask for per-task policy runs
+    esnr_tasks: list | None = None  # analysis.esnr_by_task.TaskESNR per task: ESNR at the steps all runs share
 
 
 CURVE_KEYS = RETURNS.curve_keys
@@ -418,13 +421,15 @@ def aggregate(loaded: list[Group], settings: Settings, measure: Measure | None =
         cs = {g.name: c for g in loaded if (c := curve(g.runs, key, settings.smoothing, measure.x)) is not None}
         if cs:
             curves[key] = cs
+    esnr_tasks, esnr_notes = esnr_by_task(loaded, measure.x, measure.x_label)
+    notes += esnr_notes
     multitask = None
     if measure is SCORES:
         from flowpwm.analysis.multitask import multitask_summary
 
         multitask = multitask_summary(loaded, per_group, settings)
         notes += multitask.notes
-    return Comparison(loaded, per_group, pairs, curves, notes, settings, measure, multitask)
+    return Comparison(loaded, per_group, pairs, curves, notes, settings, measure, multitask, esnr_tasks)
 
 
 def group_summary(g: Group, gi: int, s: Settings, measure: Measure = RETURNS) -> dict:
@@ -523,7 +528,8 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
     for e.g. a world-model diagnostics table). Returns the numbers: `groups` (per group: n,
     seeds, finals, mean, mean_ci, iqm, iqm_ci, sd, final_env_steps, wall time, peak memory,
     final ESNR dB), `pairs` (per pair of groups: Welch t/p, Mann-Whitney U/p, probability of
-    improvement and its CI), `curves`, `warnings`, `files`."""
+    improvement and its CI), `curves`, `esnr_by_task` (per task: each group's ESNR at the steps
+    all runs share, and the pairs' differences), `warnings`, `files`."""
     from flowpwm.analysis.compare_report import write_report
 
     settings = Settings.checked(smooth, final_window, n_bootstrap, seed, until)
@@ -532,6 +538,7 @@ def compare_runs(groups: dict[str, list[Path]], out_dir: Path | str = "compariso
     return {"groups": c.per_group, "pairs": c.pairs, "measure": c.measure.key,
             "curves": {k: {g: cv.as_dict() for g, cv in cs.items()} for k, cs in c.curves.items()},
             "multitask": c.multitask.as_dict() if c.multitask is not None else None,
+            "esnr_by_task": [t.as_dict() for t in c.esnr_tasks or []],
             "warnings": c.notes, "files": files, "out_dir": Path(out_dir)}
 
 
@@ -562,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     files = write_report(c, args.out, extra)
     _print_summary(c)
     more = ", per_task.csv, performance_profile.png" if c.multitask is not None else ""
+    more = (", esnr_by_task.csv" if c.esnr_tasks else "") + more
     print(f"report: {files['report.md']} (also report.html, summary.csv, tests.csv{more})")
     return 0
 

@@ -1,6 +1,6 @@
 """Rendering of a run comparison (`compare.aggregate`'s result): figures, report.md,
-a self-contained report.html, summary.csv and tests.csv (for per-task policy runs also
-per_task.csv and performance_profile.png). Each section is a short function."""
+a self-contained report.html, summary.csv, tests.csv, esnr_by_task.csv (for per-task policy
+runs also per_task.csv and performance_profile.png). Each section is a short function."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def write_report(c: "Comparison", out_dir: Path, extra_sections: Sequence[tuple[
              "report.html": markdown_to_html(md, images)}
     if c.multitask is not None:
         texts["per_task.csv"] = per_task_csv(c.multitask)
+    if c.esnr_tasks:
+        texts["esnr_by_task.csv"] = esnr_by_task_csv(c)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, data in images.items():
@@ -131,7 +133,8 @@ def profile_figure(profiles: dict[str, "Profile"]) -> bytes:
 
 # -- report.md ------------------------------------------------------------------------------------
 def report_markdown(c: "Comparison", extra_sections: Sequence[tuple[str, str]] = ()) -> str:
-    parts = [md_header(c), md_finals(c), md_multitask(c), md_pairs(c), md_curves(c), md_compute(c), md_runs(c)]
+    parts = [md_header(c), md_finals(c), md_multitask(c), md_pairs(c), md_esnr_by_task(c), md_curves(c), md_compute(c),
+             md_runs(c)]
     parts += [f"## {title}\n\n{body.rstrip()}" for title, body in extra_sections]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -213,6 +216,27 @@ def md_pairs(c: "Comparison") -> str:
     return "\n\n".join(["## Pairwise comparisons", how, table])
 
 
+def md_esnr_by_task(c: "Comparison") -> str:
+    if not c.esnr_tasks:
+        return ""
+    x = c.measure.x_label
+    how = (f"Per task, each run's actor-gradient ESNR (`esnr_db`) averaged over the {x} at which every run of "
+           f"that task measured it (the same points of training for every group), and read at the last of "
+           f"them; mean over runs with a 95 % t-interval. Differences: X − Y of the averages with Welch's "
+           f"95 % interval and p.")
+    rows = [[t.task, name, g["n"], f"{len(t.steps)} ({t.steps[0]}–{t.steps[-1]})" + ("" if t.common else ", own"),
+             fmt_ci(g["mean_db"], g["mean_db_ci"], 2), fmt_ci(g["last_db"], g["last_db_ci"], 2)]
+            for t in c.esnr_tasks for name, g in t.per_group.items()]
+    parts = ["## Actor-gradient ESNR per task", how,
+             md_table(["task", "group", "n", f"{x} measured", "ESNR (dB), mean over them [95 % CI]",
+                       "at the last [95 % CI]"], rows)]
+    diffs = [[t.task, p["x"], p["y"], fmt_ci(p["diff_db"], p["diff_db_ci"], 2), fmt_general(p["welch_p"])]
+             for t in c.esnr_tasks for p in t.pairs]
+    if diffs:
+        parts.append(md_table(["task", "X", "Y", "ESNR X − Y (dB) [95 % CI]", "Welch p"], diffs))
+    return "\n\n".join(parts)
+
+
 def md_curves(c: "Comparison") -> str:
     x = c.measure.x_label
     band = (f"Each run is interpolated onto a common {x} grid that ends at the group's shortest run's last "
@@ -266,6 +290,14 @@ def tests_csv(c: "Comparison") -> str:
          "prob_improvement_ci_low", "prob_improvement_ci_high"],
         [[p["x"], p["y"], p["n_x"], p["n_y"], p["welch_t"], p["welch_p"], p["mannwhitney_u"], p["mannwhitney_p"],
           p["prob_improvement"], *p["prob_improvement_ci"]] for p in c.pairs])
+
+
+def esnr_by_task_csv(c: "Comparison") -> str:
+    return csv_text(["task", "group", "n", "steps", "common", "mean_db", "mean_db_ci_low", "mean_db_ci_high",
+                     "last_db", "last_db_ci_low", "last_db_ci_high", "runs_mean_db"],
+                    [[t.task, name, g["n"], " ".join(map(str, t.steps)), t.common, g["mean_db"], *g["mean_db_ci"],
+                      g["last_db"], *g["last_db_ci"], " ".join(f"{v:.6g}" for v in g["runs"])]
+                     for t in c.esnr_tasks for name, g in t.per_group.items()])
 
 
 def per_task_csv(mt: "MultiTask") -> str:
