@@ -6,7 +6,9 @@ flow/baseline ratios.
 Each variant runs in its own process (clean memory high-water mark); rounds interleave the
 variants so machine drift hits all of them alike. Variants: `mlp`; `flow` (the flow config's own
 defaults); `flow/encoder` and `flow/rollout` (that source, with --integrator/--substeps when
-given). `--perf` picks the `perf:` knobs: `defaults` (configs/config.yaml), `eager` (all off) or
+given); on request, issue 15's flow candidates whose update differs: `flow/logits`
+(`flow_space=logits`), `flow/retraction` (`simplex_retraction`), `flow/scalar-tau`
+(`tau_embedding=scalar`) and `flow/k2` (Heun K = 2; --substeps overrides it). `--perf` picks the `perf:` knobs: `defaults` (configs/config.yaml), `eager` (all off) or
 `all` (all on: compile, fused Adam, TF32 on CUDA, device metrics).
 
     python benchmarks/bench_world_model.py                 # 5M pair, batch 256 x 17
@@ -23,8 +25,13 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {"mlp": ("", None), "flow": ("_flow", None), "flow/encoder": ("_flow", "encoder"),
-            "flow/rollout": ("_flow", "rollout")}
+WM = "alg.world_model."
+VARIANTS = {"mlp": ("", []), "flow": ("_flow", []), "flow/encoder": ("_flow", [WM + "flow_source=encoder"]),
+            "flow/rollout": ("_flow", [WM + "flow_source=rollout"]),
+            "flow/logits": ("_flow", [WM + "flow_space=logits"]),
+            "flow/retraction": ("_flow", [WM + "simplex_retraction=true"]),
+            "flow/scalar-tau": ("_flow", [WM + "tau_embedding=scalar"]), "flow/k2": ("_flow", [WM + "substeps=2"])}
+DEFAULT_VARIANTS = ["mlp", "flow", "flow/encoder", "flow/rollout"]
 PERF = {"defaults": [],
         "eager": ["perf.device_metrics=false", "perf.fused_adam=false", "perf.tf32=false", "perf.compile=false"],
         "all": ["perf.device_metrics=true", "perf.fused_adam=true", "perf.tf32=true", "perf.compile=true"]}
@@ -42,10 +49,9 @@ def measure(args) -> dict:
     from flowpwm.config import compose
 
     torch.set_num_threads(args.threads)
-    suffix, source = VARIANTS[args.variant]
-    over = [f"alg=pwm_{args.size}{suffix}", f"alg.horizon={args.horizon}", f"device={args.device}", *PERF[args.perf]]
-    if source:
-        over.append(f"alg.world_model.flow_source={source}")
+    suffix, extra = VARIANTS[args.variant]
+    over = [f"alg=pwm_{args.size}{suffix}", f"alg.horizon={args.horizon}", f"device={args.device}", *PERF[args.perf],
+            *extra]
     if suffix and args.integrator:
         over.append(f"alg.world_model.integrator={args.integrator}")
     if suffix and args.substeps:
@@ -109,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5, help="timed updates per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates per process first")
     p.add_argument("--perf", choices=PERF, default="defaults", help="perf: knobs (default: configs/config.yaml)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or the process's CPU time (a loaded shared CPU, --threads 1)")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
