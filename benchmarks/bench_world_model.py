@@ -8,8 +8,9 @@ variants so machine drift hits all of them alike. Variants: `mlp`; `flow` (the f
 defaults); `flow/encoder` and `flow/rollout` (that source, with --integrator/--substeps when
 given); on request, issue 15's flow candidates whose update differs: `flow/logits`
 (`flow_space=logits`), `flow/retraction` (`simplex_retraction`), `flow/scalar-tau`
-(`tau_embedding=scalar`) and `flow/k2` (Heun K = 2; --substeps overrides it). `--perf` picks the `perf:` knobs: `defaults` (configs/config.yaml), `eager` (all off) or
-`all` (all on: compile, fused Adam, TF32 on CUDA, device metrics).
+(`tau_embedding=scalar`) and `flow/k2` (Heun K = 2; --substeps overrides it). `--perf` picks
+the `perf:` knobs: `defaults` (configs/config.yaml), `eager` (all off) or `all` (all on:
+compile, fused Adam, TF32 on CUDA, device metrics).
 
     python benchmarks/bench_world_model.py                 # 5M pair, batch 256 x 17
     python benchmarks/bench_world_model.py --size 48M --device cuda --perf all --json out.json

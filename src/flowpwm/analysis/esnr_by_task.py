@@ -37,12 +37,10 @@ class TaskESNR:
 
 
 def _esnr_series(run, x: str) -> dict[int, float]:
-    out = {}
-    for r in run.metrics:
-        v, s = r.get(KEY), r.get(x)
-        if isinstance(v, (int, float)) and math.isfinite(v) and s is not None:
-            out[int(s)] = float(v)
-    return out
+    from flowpwm.analysis.compare import _series  # (compare imports this module)
+
+    s = _series(run, KEY, x)
+    return {} if s is None else dict(zip(s[0].tolist(), s[1].tolist()))
 
 
 def t_interval(values: Sequence[float]) -> tuple[float, float]:
