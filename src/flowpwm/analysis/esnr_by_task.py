@@ -11,6 +11,7 @@ difference with Welch's 95 % interval and p-value.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -83,17 +84,13 @@ def esnr_by_task(groups, x: str = "env_steps", x_label: str = "env steps") -> tu
             notes.append(f"warning: the {task} runs share no {x_label} at which all measured ESNR: each run's ESNR is "
                          f"averaged over its own measurements, not over the same points of training")
         te = TaskESNR(task, shared if common else sorted(set().union(*every)), common)
-        per_run = {}
         for name, runs in series.items():
             means = [float(np.mean([s[k] for k in (shared if common else sorted(s))])) for s in runs]
             lasts = [s[shared[-1]] if common else s[max(s)] for s in runs]
-            per_run[name] = means
             te.per_group[name] = {"n": len(runs), "mean_db": float(np.mean(means)), "mean_db_ci": t_interval(means),
                                   "last_db": float(np.mean(lasts)), "last_db_ci": t_interval(lasts), "runs": means}
-        names = list(series)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                diff, ci, p = welch_difference(per_run[a], per_run[b])
-                te.pairs.append({"x": a, "y": b, "diff_db": diff, "diff_db_ci": ci, "welch_p": p})
+        for a, b in itertools.combinations(te.per_group, 2):
+            diff, ci, p = welch_difference(te.per_group[a]["runs"], te.per_group[b]["runs"])
+            te.pairs.append({"x": a, "y": b, "diff_db": diff, "diff_db_ci": ci, "welch_p": p})
         out.append(te)
     return out, notes
