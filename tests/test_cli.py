@@ -1,5 +1,10 @@
+import os
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 
 def flowpwm(*args):
@@ -113,6 +118,66 @@ def test_the_local_launcher_trains_a_sweeps_runs_at_once_with_one_thread_each(tm
                              capture_output=True, text=True, timeout=120, env=env)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "CUDA is not available" in bad.stderr, bad.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def is_written(run_dir) -> bool:
+    """A process holds the run's writer lock (RUN/.lock, flock)."""
+    import fcntl
+
+    with open(run_dir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_local_sweep_stopped_by_sigterm_or_ctrl_c_starts_none_of_its_queued_runs(tmp_path, sig):
+    """SIGTERM (a scheduler's stop, which scripts/mt_mini.sh relies on) or ^C to a
+    `hydra/launcher=local` sweep's process group: the running runs checkpoint and exit for
+    requeue, and the run queued behind them is not started. Both went wrong: joblib's workers
+    outlive the parent that the signal kills; after SIGTERM one took the queued job and trained
+    it, and ^C, which they ignored, could leave both runs training."""
+    from test_training import FAST
+
+    fast = [a for a in FAST if not a.startswith(("train.threads=", "train.eval_every="))]
+    sweep = tmp_path / "sweep"
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "FLOWPWM_JOBS": "2", "HOME": str(tmp_path)}
+    log_path = tmp_path / "sweep.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flowpwm.cli", "train", "-m", "hydra/launcher=local", "wm=mlp",
+                                 "seed=0,1,2", *fast, "train.eval_every=1000", "train.env_steps=40000",
+                                 f"hydra.sweep.dir={sweep}"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(sweep.glob("*/checkpoints/latest.pt"))) < 2:  # seeds 0 and 1 are training
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "two runs did not checkpoint within 240 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, sig)
+        runs = [sweep / f"{i}_pwm_tiny_cartpole-swingup_s{i}" for i in range(3)]
+        while any(map(is_written, runs[:2])):  # until both runs have stopped
+            assert time.monotonic() < deadline + 120, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        if sig == signal.SIGTERM:  # the parent dies at once: a worker takes the queued job and refuses it
+            while "was not started" not in log_path.read_text() and not runs[2].exists():
+                assert time.monotonic() < deadline + 120, log_path.read_text()[-3000:]
+                time.sleep(0.1)
+        time.sleep(3)  # a queued run started by mistake would have its run dir by now
+        text = log_path.read_text()
+        assert not runs[2].exists(), text[-3000:]  # not even Hydra's empty run dir is left
+        assert all((r / "checkpoints" / "latest.pt").is_file() for r in runs[:2])
+        if sig == signal.SIGTERM:
+            assert text.count("stopped on SIGTERM at epoch") == 2, text[-3000:]
+            assert f"{runs[2].name} was not started" in text and "resume=auto" in text, text[-3000:]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the idle joblib workers wait for their dead parent
+        except ProcessLookupError:
+            pass
 
 
 def test_train_through_hydra_writes_a_run_directory(tmp_path):

@@ -67,3 +67,15 @@ def test_the_requeue_command_survives_the_sigterm_that_slurms_requeue_sends():
         signal.signal(signal.SIGUSR1, before)
     assert done[0].returncode == 0 and done[0].stdout == "requeued\n", done[0]
     assert signal.getsignal(signal.SIGTERM) is term  # the handlers from before are back
+
+
+def test_ctrl_c_asks_for_the_checkpoint_and_a_second_ctrl_c_stops_at_once():
+    import pytest
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGINT"  # noted: the loop checkpoints at the epoch's end
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here at the latest
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

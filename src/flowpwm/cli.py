@@ -79,19 +79,17 @@ def _train(args: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
 
         from flowpwm.training.online import train
-        from flowpwm.training.preemption import EXIT_REQUEUE, Preempted
+        from flowpwm.training.preemption import sweep_job
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            return train(cfg, output_dir)["eval_return"]
+            with sweep_job("train", output_dir):
+                return train(cfg, output_dir)["eval_return"]
         except UserError as e:  # inside Hydra's job: report here, one line per problem
             if output_dir.is_dir() and not any(output_dir.iterdir()):
                 output_dir.rmdir()  # Hydra made it for this job; nothing was written
             print_error("train", e)
             raise SystemExit(2)
-        except Preempted as e:
-            print(f"flowpwm train: stopped on {e}", file=sys.stderr)
-            raise SystemExit(EXIT_REQUEUE)
 
     import logging
 

@@ -4,7 +4,7 @@ TD-MPC2's trainer does for PWM's 48M models. No env, no actor: the world model o
 
 Read top to bottom: checks (config, data, run dir) → the world model → per epoch (`log_every`
 iterations) sample slices, mask the padded action dims, update → held-out evaluation every
-`eval_every` iterations → metrics line → checkpoint. SIGUSR1/SIGTERM stop at the next epoch edge
+`eval_every` iterations → metrics line → checkpoint. SIGUSR1/SIGTERM/^C stop at the next epoch edge
 with a checkpoint (exit 75); `resume=auto` continues with the same iterations, RNG streams and
 metrics. Learning rate: constant `alg.model_lr` (TD-MPC2's trainer).
 """
@@ -153,7 +153,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
             f"  run dir {run.path}; {wandb.describe()}" + (f"; resumed at iteration {iteration}" if resumed else "")])))
 
         start, last, exit_code = time.perf_counter() - wall_time, {}, 1
-        with StopSignals() as stop:  # SIGUSR1/SIGTERM: finish the epoch, checkpoint, exit
+        with StopSignals() as stop:  # SIGUSR1/SIGTERM/^C: finish the epoch, checkpoint, exit
             try:
                 while iteration < iterations:
                     # -- one epoch: `log_every` world-model updates on masked multi-task slices

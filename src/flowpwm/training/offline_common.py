@@ -193,18 +193,16 @@ def run_hydra_command(command: str, config_name: str, args: list[str], job, prec
     def hydra_job(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from flowpwm.training.preemption import EXIT_REQUEUE, Preempted
+        from flowpwm.training.preemption import sweep_job
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            job(cfg, output_dir)
+            with sweep_job(command, output_dir):
+                job(cfg, output_dir)
         except UserError as e:
             _remove_empty(output_dir)  # Hydra made it for this job; nothing was written
             print_error(command, e)
             raise SystemExit(2)
-        except Preempted as e:
-            print(f"flowpwm {command}: stopped on {e}", file=sys.stderr)
-            raise SystemExit(EXIT_REQUEUE)
 
     for noisy in ("absl", "OpenGL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -218,7 +218,7 @@ class OnlineTrainer:
         untrained = next((r["eval_return"] for r in earlier if r["epoch"] == 0), float("nan"))
         last: dict[str, float] = next((r for r in reversed(earlier) if r["epoch"] > 0), {})
         exit_code = 1
-        with StopSignals() as stop:  # SIGUSR1/SIGTERM: finish the epoch, checkpoint, exit
+        with StopSignals() as stop:  # SIGUSR1/SIGTERM/^C: finish the epoch, checkpoint, exit
             try:
                 if self.epoch == 0:
                     untrained = self.seed_phase(start, monitor)
