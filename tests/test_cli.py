@@ -121,16 +121,15 @@ def test_the_local_launcher_trains_a_sweeps_runs_at_once_with_one_thread_each(tm
 
 
 def is_written(run_dir) -> bool:
-    """A process holds the run's writer lock (RUN/.lock, flock)."""
-    import fcntl
+    """A process holds the run's writer lock (the lock every run writer takes)."""
+    from flowpwm.config import UserError
+    from flowpwm.rundir import LOCK, RunLock
 
-    with open(run_dir / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+    try:
+        RunLock(run_dir / LOCK).acquire().release()
+    except UserError:
+        return True
+    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
