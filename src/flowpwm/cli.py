@@ -58,60 +58,76 @@ def translate_wm(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith(("wm=", "alg="))] + [f"alg={','.join(names)}"]
 
 
-def _train(args: list[str]) -> int:
+def _run_hydra(command: str, config_name: str, args: list[str], check, job, precheck=None) -> int:
+    """`flowpwm <command> [-m] [k=v ...]` on config `config_name`: every job's config is checked
+    (`check(overrides, multirun=, hardware=)`, then `precheck(cfg)`) before Hydra makes a
+    directory; `job(cfg, run_dir)` runs in Hydra, its value goes to Hydra's sweeper. A user error
+    ends as one line per problem and exit status 2 (Hydra's empty run dir removed), a stop on a
+    signal with EXIT_REQUEUE (`sweep_job`)."""
+    import logging
+    from pathlib import Path
+
     import hydra
-    from omegaconf import DictConfig
 
     from flowpwm.config import config_dir
 
     args = translate_wm(args)
     flags = {a for a in args if a.startswith("-")}
-    if flags <= {"-m", "--multirun"}:  # every job's config is checked before Hydra makes a directory
-        from flowpwm.schema import check_overrides, runs_here
+    if flags <= {"-m", "--multirun"}:  # not for --help, --cfg job, ...: those run nothing
+        from flowpwm.schema import runs_here
 
         overrides = [a for a in args if not a.startswith("-")]
-        check_overrides(overrides, multirun=bool(flags), hardware=runs_here(overrides))
+        for cfg in check(overrides, multirun=bool(flags), hardware=runs_here(overrides)):
+            if precheck is not None:
+                precheck(cfg)
 
-    @hydra.main(version_base=None, config_path=str(config_dir()), config_name="config")
-    def hydra_train(cfg: DictConfig) -> float:
-        from pathlib import Path
-
+    @hydra.main(version_base=None, config_path=str(config_dir()), config_name=config_name)
+    def hydra_job(cfg):
         from hydra.core.hydra_config import HydraConfig
 
-        from flowpwm.training.online import train
+        from flowpwm.rundir import remove_if_empty
         from flowpwm.training.preemption import sweep_job
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            with sweep_job("train", output_dir):
-                return train(cfg, output_dir)["eval_return"]
+            with sweep_job(command, output_dir):
+                return job(cfg, output_dir)
         except UserError as e:  # inside Hydra's job: report here, one line per problem
-            if output_dir.is_dir() and not any(output_dir.iterdir()):
-                output_dir.rmdir()  # Hydra made it for this job; nothing was written
-            print_error("train", e)
+            remove_if_empty(output_dir)
+            print_error(command, e)
             raise SystemExit(2)
-
-    import logging
 
     for noisy in ("absl", "OpenGL"):  # dm_control / MuJoCo start-up INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    sys.argv = ["flowpwm train", *args]
-    hydra_train()
+    sys.argv = [f"flowpwm {command}", *args]
+    hydra_job()
     return 0
 
 
-def _pretrain(args: list[str]) -> int:
-    from flowpwm.training.offline import precheck, pretrain
-    from flowpwm.training.offline_common import run_hydra_command
+def _train(args: list[str]) -> int:
+    from flowpwm.schema import check_overrides
+    from flowpwm.training.online import train
 
-    return run_hydra_command("pretrain", "pretrain", args, pretrain, precheck)
+    return _run_hydra("train", "config", args, check_overrides, lambda cfg, run_dir: train(cfg, run_dir)["eval_return"])
+
+
+def _pretrain(args: list[str]) -> int:
+    from functools import partial
+
+    from flowpwm.schema import check_offline_overrides
+    from flowpwm.training.offline import precheck, pretrain
+
+    return _run_hydra("pretrain", "pretrain", args, partial(check_offline_overrides, "pretrain"), pretrain, precheck)
 
 
 def _train_policy(args: list[str]) -> int:
-    from flowpwm.training.offline_common import run_hydra_command
+    from functools import partial
+
+    from flowpwm.schema import check_offline_overrides
     from flowpwm.training.policy import precheck, train_policy
 
-    return run_hydra_command("train-policy", "policy", args, train_policy, precheck)
+    return _run_hydra("train-policy", "policy", args, partial(check_offline_overrides, "policy"), train_policy,
+                      precheck)
 
 
 def _fit_wm(args: list[str]) -> int:

@@ -1,13 +1,12 @@
 """What `flowpwm pretrain` (training/offline.py) and `flowpwm train-policy` (training/policy.py)
 share: loading a dataset for a config, splitting episodes, what a resume may change, progress by
-iteration, the W&B run, the header's parity line, and running a Hydra command. The two loops
-themselves stay whole in their own modules."""
+iteration, the W&B run and the header's parity line. The two loops themselves stay whole in
+their own modules; the command line that runs them is cli.py's."""
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -163,58 +162,3 @@ def total_epochs(iterations: int, log_every: int) -> int:
 def crossed(iteration: int, n: int, every: int) -> bool:
     """The last `n` iterations (ending at `iteration`) passed a multiple of `every` (0: never)."""
     return every > 0 and iteration // every > (iteration - n) // every
-
-
-# -- the command line -------------------------------------------------------------------------------
-def run_hydra_command(command: str, config_name: str, args: list[str], job, precheck=None) -> int:
-    """`flowpwm <command> [-m] [k=v ...]` on config `config_name`: every job's config is checked
-    (schema, then `precheck(cfg)`) before Hydra makes a directory; `job(cfg, run_dir)` runs in
-    Hydra. A user error ends as one line per problem and exit status 2 (Hydra's empty run dir
-    removed), a preemption with EXIT_REQUEUE."""
-    import logging
-
-    import hydra
-
-    from flowpwm.cli import print_error, translate_wm
-    from flowpwm.config import config_dir
-    from flowpwm.schema import check_offline_overrides, runs_here
-
-    args = translate_wm(args)
-    flags = {a for a in args if a.startswith("-")}
-    if flags <= {"-m", "--multirun"}:
-        overrides = [a for a in args if not a.startswith("-")]
-        configs = check_offline_overrides(config_name, overrides, multirun=bool(flags),
-                                          hardware=runs_here(overrides))
-        if precheck is not None:
-            for cfg in configs:
-                precheck(cfg)
-
-    @hydra.main(version_base=None, config_path=str(config_dir()), config_name=config_name)
-    def hydra_job(cfg: DictConfig) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        from flowpwm.training.preemption import sweep_job
-
-        output_dir = Path(HydraConfig.get().runtime.output_dir)
-        try:
-            with sweep_job(command, output_dir):
-                job(cfg, output_dir)
-        except UserError as e:
-            _remove_empty(output_dir)  # Hydra made it for this job; nothing was written
-            print_error(command, e)
-            raise SystemExit(2)
-
-    for noisy in ("absl", "OpenGL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    sys.argv = [f"flowpwm {command}", *args]
-    hydra_job()
-    return 0
-
-
-def _remove_empty(output_dir: Path) -> None:
-    """Remove the job's run dir if empty, and its empty parents below the working directory
-    (`runs/policy/` that Hydra made for it)."""
-    cwd, d = Path.cwd().resolve(), output_dir.resolve()
-    while d != cwd and cwd in d.parents and d.is_dir() and not any(d.iterdir()):
-        d.rmdir()
-        d = d.parent

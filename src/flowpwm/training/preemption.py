@@ -13,6 +13,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from flowpwm.rundir import remove_if_empty
+
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped early on request, run it again to continue
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
@@ -33,8 +35,7 @@ def sweep_job(command: str, output_dir: Path):
     global _stopped
     try:
         if _stopped:
-            if output_dir.is_dir() and not any(output_dir.iterdir()):
-                output_dir.rmdir()  # Hydra made it for this job; nothing was written
+            remove_if_empty(output_dir)
             raise Preempted(f"a stop signal during an earlier run of this sweep: {output_dir.name} was not "
                             f"started; run the sweep again with resume=auto to continue")
         yield

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from flowpwm.config import UserError
 from flowpwm.reproducibility import MISSING, ExperimentConfig, _canonical_json, _flatten, run_provenance
-from flowpwm.rundir import CONFIG_HISTORY, RunDir
+from flowpwm.rundir import CONFIG_HISTORY, RunDir, remove_if_empty
 
 # Keys a resumed run may change: a dotted key, or a prefix ending in "." for a whole section.
 RESUMABLE = ("train.env_steps", "train.eval_every", "train.eval_episodes", "train.checkpoint_every",
@@ -69,8 +69,7 @@ def resolve_run_dir(cfg: DictConfig, run_dir: Path | str, log=print) -> tuple[Pa
         raise UserError(f"resume={resume}: no checkpoint at {RunDir(path).latest_checkpoint}; pass the directory of "
                         f"a run that saved one, or resume=auto")
     if path.resolve() != run_dir.resolve():
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        remove_if_empty(run_dir)
         log(f"resume={resume}: continuing {path} in place")
     return path, True
 
