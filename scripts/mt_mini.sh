@@ -7,7 +7,7 @@
 #   TASKS=pendulum-spin,cup-spin SEEDS=0 scripts/mt_mini.sh runs/try
 #
 # Budgets and extra Hydra overrides per stage (environment variables; defaults = the real budget):
-#   TASKS (mt-mini's 6)  SEEDS (0,1,2)  ONLINE_STEPS (50000)  PRETRAIN_ITERATIONS (10000)
+#   TASKS (mt-mini's 6)  SEEDS (0,1,2)  ONLINE_STEPS (50000)  PRETRAIN_ITERATIONS (40000)
 #   POLICY_ITERATIONS (2000)  EVAL_EVERY (200)  EVAL_EPISODES (10)  THREADS (1)
 #   JOBS (the number of cores): runs at the same time within a stage (hydra/launcher=local); 1 = one after another
 #   WANDB (wandb.mode: auto)  COLLECT_ARGS  PRETRAIN_ARGS  POLICY_ARGS  COMPARE_ARGS   (space-separated, last)
@@ -25,7 +25,10 @@ PY=${PY:-$([[ -x $root/.venv/bin/python ]] && echo "$root/.venv/bin/python" || e
 TASKS=${TASKS:-$("$PY" -c 'from flowpwm.envs.tasksets import MT_MINI; print(",".join(MT_MINI))')}
 SEEDS=${SEEDS:-0,1,2}
 ONLINE_STEPS=${ONLINE_STEPS:-50000}
-PRETRAIN_ITERATIONS=${PRETRAIN_ITERATIONS:-10000}
+# 40000: ~6.7k updates' worth per task (the online runs' world models had 12k); after 10000 the frozen
+# model's policies swung between good and bad (cartpole-swingup: 155..705), after 20000 they rose
+# steadily (docs/results.md, "Multi-task offline").
+PRETRAIN_ITERATIONS=${PRETRAIN_ITERATIONS:-40000}
 POLICY_ITERATIONS=${POLICY_ITERATIONS:-2000}
 EVAL_EVERY=${EVAL_EVERY:-200}
 EVAL_EPISODES=${EVAL_EPISODES:-10}
