@@ -62,12 +62,11 @@ def remove_if_empty(run_dir: Path | str) -> None:
     """Remove a run dir that holds nothing (the one Hydra made for a job that then wrote nothing),
     and its empty parents below the working directory (`runs/policy/` Hydra made for it)."""
     cwd, d = Path.cwd().resolve(), Path(run_dir).resolve()
-    if d.is_dir() and not any(d.iterdir()):
+    while d.is_dir() and not any(d.iterdir()):
         d.rmdir()
         d = d.parent
-        while d != cwd and cwd in d.parents and d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-            d = d.parent
+        if d == cwd or cwd not in d.parents:
+            break
 
 
 def buffer_file_name(epoch: int) -> str:
