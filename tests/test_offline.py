@@ -1,7 +1,8 @@
 """Multi-task offline PWM: action masks in the world model, `flowpwm data export` (exact round trip
 from a real run's buffer), `flowpwm pretrain` (preemption and resume), `flowpwm train-policy`
-(never steps a training env, evaluates in the real one, logs the normalised score), and one-line
-refusals of bad input before anything is written."""
+(never steps a training env, evaluates in the real one, logs the normalised score),
+scripts/imagined_vs_real.py on a policy run, and one-line refusals of bad input before anything is
+written."""
 
 from __future__ import annotations
 
@@ -301,6 +302,31 @@ def test_world_model_is_frozen_unless_fine_tuned(pretrained, tmp_path):
     after = RunDir(tmp_path / "tuned").load_checkpoint()["agent"]["world_model"]
     assert not torch.equal(before["_velocity.0.weight"], after["_velocity.0.weight"])  # fine-tuned
     assert "wm_loss" in RunDir(tmp_path / "tuned").records()[-1]
+
+
+def test_imagined_vs_real_reads_the_eval_policys_real_episodes_and_refuses_other_runs(pretrained, tmp_path):
+    """scripts/imagined_vs_real.py: its real trajectories are the eval policy's episodes (same
+    returns), and with stride H its real windows tile each episode."""
+    from flowpwm.analysis.imagined_vs_real import imagined_vs_real, load_policy_run
+    from flowpwm.envs.multitask import make_multitask_env
+    from flowpwm.training.policy import train_policy
+
+    cfg = compose(["alg=pwm_tiny", f"pretrained={pretrained}", "task=pendulum-spin", *POLICY], config_name="policy")
+    train_policy(cfg, tmp_path / "run", log=lambda *_: None)
+    agent, dims, iteration = policy = load_policy_run(tmp_path / "run")
+    d = imagined_vs_real(*policy, episodes=2, stride=4, seed=7)
+    assert (d["task"], iteration, d["horizon"], d["steps"]) == ("pendulum-spin", 4, 4, 500)
+    env = make_multitask_env(get_task_set("mt-mini"), "pendulum-spin", num_envs=2, seed=7)
+    returns, _ = agent.episode_returns(env, 2, 7, dims["task_id"])
+    env.close()
+    assert d["returns"].tolist() == pytest.approx(returns, rel=1e-5)  # float32 sums, another order
+    assert d["real"].view(-1, 2).sum(0).tolist() == pytest.approx(d["returns"].tolist(), rel=1e-5)
+    assert d["model_real_actions"].shape == d["model_policy"].shape == d["real"].shape == (250,)
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "imagined_vs_real.py"
+    r = subprocess.run([sys.executable, str(script), str(pretrained / "0_pwm_tiny")], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a train-policy run" in r.stderr and not r.stdout
 
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------------

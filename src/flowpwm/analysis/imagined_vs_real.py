@@ -1,0 +1,122 @@
+"""What a per-task policy's world model promises against what the real env pays, along the
+policy's own real trajectories (a `flowpwm train-policy` run's checkpoint).
+
+The deterministic (eval) policy runs whole episodes in the real env. From every `stride`-th real
+state, three H-step reward sums (H = the actor's imagination horizon, undiscounted) are compared:
+- real: what the env paid over the next H steps;
+- model, real actions: the world model rolled out open loop from the encoded state with the
+  actions the policy took (is the model right about what the policy does?);
+- model, policy: the rollout the actor is trained on, the policy acting on the model's latents.
+A policy that exploits its model shows "model, policy" well above "real" while "model, real
+actions" stays nearer to it; a model that is simply wrong shows both off."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from omegaconf import OmegaConf
+from scipy import stats
+
+from flowpwm.algorithms.pwm import PWM
+from flowpwm.config import UserError
+from flowpwm.envs.multitask import make_multitask_env
+from flowpwm.envs.tasksets import get_task_set
+from flowpwm.rundir import RunDir
+from flowpwm.training.policy import KIND as POLICY_KIND
+
+
+def load_policy_run(path) -> tuple[PWM, dict, int]:
+    """The agent of a train-policy run's latest checkpoint, its dims and its iteration."""
+    run = RunDir(path)
+    if not run.has_checkpoint():
+        raise UserError(f"{path}: no checkpoint ({run.latest_checkpoint}): give a `flowpwm train-policy` run dir")
+    state = run.load_checkpoint()
+    dims = state["dims"]
+    if dims.get("kind") != POLICY_KIND:
+        raise UserError(f"{path}: not a train-policy run (checkpoint kind {dims.get('kind')!r}): give a "
+                        f"`flowpwm train-policy` run dir")
+    cfg = OmegaConf.load(run.config)
+    ts = get_task_set(dims["task_set"])
+    agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, "cpu", num_tasks=len(ts), action_dims=ts.action_dims,
+                perf=cfg.perf, episodic=dims["episodic"])
+    agent.load_state_dict(state["agent"])
+    return agent, dims, int(state["iteration"])
+
+
+@torch.no_grad()
+def real_episodes(agent: PWM, env, task_id: int, seed: int):
+    """One deterministic-policy episode per env: obs (T, E, D), actions (T, E, A), rewards (T, E),
+    cut where the first episode ends (dm_control's all have one length)."""
+    obs, steps = env.reset(seed=seed), []
+    while True:
+        a = agent.act(obs, deterministic=True, task=task_id).cpu()
+        nxt, reward, terminated, truncated, _ = env.step(a)
+        steps.append((obs, a, reward))
+        if bool((terminated | truncated).any()):
+            break
+        obs = nxt
+    o, a, r = zip(*steps)
+    return torch.stack(o), torch.stack(a), torch.stack(r)
+
+
+@torch.no_grad()
+def model_sums(agent: PWM, z: torch.Tensor, task_id: int, actions: torch.Tensor | None, H: int) -> torch.Tensor:
+    """Predicted H-step reward sums from latents z (N, L): open loop with `actions` (H, N, A), or
+    (None) the deterministic policy acting on the model's own latents."""
+    total = torch.zeros(z.shape[0])
+    for t in range(H):
+        a = agent.wm.mask_action(agent.actor(z, True) if actions is None else actions[t], task_id)
+        total += agent.wm.reward_value(z, a, task_id).squeeze(-1)
+        z = agent.wm.next(z, a, task_id)
+    return total
+
+
+def imagined_vs_real(agent: PWM, dims: dict, iteration: int, episodes: int = 4, stride: int = 10,
+                     seed: int = 0) -> dict:
+    """For a `load_policy_run` result: the three H-step reward sums (one per start step and
+    episode) and the real episodes' returns."""
+    ts, task, task_id = get_task_set(dims["task_set"]), dims["task"], dims["task_id"]
+    H = agent.imagine_horizon
+    env = make_multitask_env(ts, task, num_envs=episodes, seed=seed)
+    try:
+        obs, actions, rewards = real_episodes(agent, env, task_id, seed)
+    finally:
+        env.close()
+    starts = range(0, obs.shape[0] - H + 1, stride)
+    with torch.no_grad():
+        z = torch.cat([agent.wm.encode(obs[t], task_id) for t in starts])
+        acts = torch.cat([actions[t:t + H] for t in starts], dim=1)  # (H, windows, A)
+        return {"task": task, "iteration": iteration, "horizon": H, "steps": obs.shape[0],
+                "returns": rewards.sum(0), "real": torch.cat([rewards[t:t + H].sum(0) for t in starts]),
+                "model_real_actions": model_sums(agent, z, task_id, acts, H),
+                "model_policy": model_sums(agent, z, task_id, None, H)}
+
+
+def format_report(path, d: dict) -> str:
+    real = d["real"]
+    rows = [f"| real | {real.mean():.2f} | – | – |"]
+    for name, key in (("model, real actions", "model_real_actions"), ("model, policy", "model_policy")):
+        x = d[key]
+        rows.append(f"| {name} | {x.mean():.2f} | {(x - real).mean():+.2f} | {stats.pearsonr(x, real)[0]:.2f} |")
+    return "\n".join([
+        f"{path}: {d['task']}, iteration {d['iteration']}; {len(d['returns'])} real episodes of {d['steps']} steps, "
+        f"return {d['returns'].mean():.1f}; {real.numel()} windows of H = {d['horizon']} steps", "",
+        "| H-step reward sum | mean | mean - real | corr. with real |", "|---|---:|---:|---:|", *rows])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`flowpwm train-policy` run dirs")
+    p.add_argument("--episodes", type=int, default=4, help="real episodes (one env each)")
+    p.add_argument("--stride", type=int, default=10, help="compare from every STRIDE-th real step")
+    p.add_argument("--seed", type=int, default=20_000, help="the real episodes' env seed")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.stride < 1:
+        raise UserError("--episodes and --stride must be >= 1")
+    torch.set_num_threads(1)
+    loaded = [load_policy_run(run) for run in args.runs]  # every bad path refused before any rollout
+    for i, (run, policy) in enumerate(zip(args.runs, loaded)):
+        print(("\n" if i else "") + format_report(run, imagined_vs_real(*policy, args.episodes, args.stride,
+                                                                        args.seed)), flush=True)
+    return 0
