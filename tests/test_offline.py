@@ -129,6 +129,17 @@ def test_export_read_round_trip_is_exact(online_run, tmp_path):
     assert ds.task_stats()[ts.task_id("pendulum-spin")]["episodes"] == 4
 
 
+def test_start_states_with_actions_pair_each_start_obs_with_the_action_the_data_took_there(dataset):
+    """`policy.bc_coef` pulls the policy toward these actions: each must be the one taken at its
+    start obs (row t+1's action, as in `sample`), and asking for them must not change the draw."""
+    ds = load_dataset(dataset, "mt-mini")
+    obs0, action0 = ds.start_states("pendulum-spin", 64, 4, torch.Generator().manual_seed(3), with_actions=True)
+    assert torch.equal(obs0, ds.start_states("pendulum-spin", 64, 4, torch.Generator().manual_seed(3)))
+    for o, a in zip(obs0, action0):
+        ep, t = (ds.obs == o).all(-1).nonzero()[0].tolist()
+        assert t + 1 < ds.length[ep] and torch.equal(a, ds.action[ep, t + 1])
+
+
 def test_export_command_pads_to_the_task_set_and_refuses_a_used_directory(online_run, tmp_path):
     ok = flowpwm("data", "export", str(online_run), "--out", str(tmp_path / "d"), "--task-set", "mt80", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -302,6 +313,37 @@ def test_world_model_is_frozen_unless_fine_tuned(pretrained, tmp_path):
     after = RunDir(tmp_path / "tuned").load_checkpoint()["agent"]["world_model"]
     assert not torch.equal(before["_velocity.0.weight"], after["_velocity.0.weight"])  # fine-tuned
     assert "wm_loss" in RunDir(tmp_path / "tuned").records()[-1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_behaviour_term_pulls_the_mean_action_toward_the_datas_on_the_tasks_own_action_dims(kind):
+    """`policy.bc_coef`: with the term the policy's mean action moves to the data's action on the
+    task's dims (the padded one stays masked); without it nothing pulls it there."""
+    alg = compose([f"alg={alg_name(kind)}", "alg.world_model.task_dim=8", "alg.horizon=4"]).alg
+    obs0, action0 = torch.randn(32, 6), torch.tensor([[0.6, -0.4, 0.9]]).expand(32, 3)
+    gaps = {}
+    for coef in (0.0, 10.0):
+        torch.manual_seed(0)
+        agent = PWM(alg, obs_dim=6, action_dim=3, num_tasks=2, action_dims=[1, 2])
+        for _ in range(60):
+            metrics = agent.update_policy(obs0, 1, action0, bc_coef=coef)
+        assert ("bc_loss" in metrics) == (coef > 0)
+        mean = agent.act(obs0, deterministic=True, task=1)
+        assert mean[:, 2].abs().max() == 0  # task 1 has 2 actuators of 3
+        gaps[coef] = (mean[:, :2] - action0[:, :2]).abs().mean().item()
+    assert gaps[10.0] < 0.15 < gaps[0.0]
+
+
+def test_train_policy_with_a_behaviour_term_logs_it(pretrained, tmp_path):
+    from flowpwm.training.policy import train_policy
+
+    cfg = compose(["alg=pwm_tiny", f"pretrained={pretrained}", "task=pendulum-spin", "policy.bc_coef=2.5", *POLICY],
+                  config_name="policy")
+    lines = []
+    train_policy(cfg, tmp_path / "run", log=lines.append)
+    records = [r for r in RunDir(tmp_path / "run").records() if "actor_loss" in r]
+    assert records and all(r["bc_loss"] > 0 for r in records)
+    assert "behaviour term, bc_coef 2.5" in lines[0]
 
 
 def test_imagined_vs_real_reads_the_eval_policys_real_episodes_and_refuses_other_runs(pretrained, tmp_path):

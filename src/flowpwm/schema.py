@@ -270,6 +270,7 @@ class Policy:
     eval_envs: int = key(ge=1)
     checkpoint_every: int = key(ge=1)
     fine_tune: bool = key()
+    bc_coef: float = key(ge=0)
     esnr_every: int = key(ge=0)  # iterations (a multiple of log_every); 0 = off
     esnr_samples: int = key(ge=2)
     threads: int = key(ge=0)

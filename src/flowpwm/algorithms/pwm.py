@@ -225,9 +225,20 @@ class PWM:
         err = (self.critic(z) - y).pow(2)
         return err.mean() if w is None else (err * w).sum() / w.sum().clamp(min=1e-6) / err.shape[-1]
 
-    def update_policy(self, obs0: torch.Tensor, task=None) -> dict[str, float]:
-        """One actor step and `critic_iterations` critic passes on the same imagined rollout."""
+    def update_policy(self, obs0: torch.Tensor, task=None, action0: torch.Tensor | None = None,
+                      bc_coef: float = 0.0) -> dict[str, float]:
+        """One actor step and `critic_iterations` critic passes on the same imagined rollout.
+
+        With `action0` (B, A), the actions the data took at `obs0`, and bc_coef > 0 the actor's loss
+        adds bc_coef × the mean squared distance of its mean action from them, per real action
+        dimension (TD3+BC's behaviour term, on PWM's normalised return)."""
         loss, data, ret = self.compute_actor_loss(obs0, task)
+        bc = None
+        if action0 is not None and bc_coef > 0:
+            mean = self.wm.mask_action(self.actor(data["zs"][0], deterministic=True), task)
+            real = self.wm.mask_action(torch.ones_like(mean), task)
+            bc = (((mean - self.wm.mask_action(action0, task)) ** 2).sum(-1) / real.sum(-1)).mean()
+            loss = loss + bc_coef * bc
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = self._metric(nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_norm))
@@ -239,6 +250,8 @@ class PWM:
         metrics = {"actor_loss": m(loss), "actor_grad_norm": norm, "imagined_return": m(ret.mean()),
                    "imagined_reward": m(data["rewards"].mean()), "action_std": m(self.actor.std().mean()),
                    "action_saturation": m(data["saturation"].mean())}
+        if bc is not None:
+            metrics["bc_loss"] = m(bc)
         cont, alive = data["cont"], None
         if cont is not None:
             # z_t is alive when no termination happened among z_1..z_t.

@@ -108,11 +108,12 @@ class OfflineDataset:
             "task": self.task[ep],
         }
 
-    def start_states(self, task: int | str, n: int, horizon: int = 16,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n, D): obs[0] of uniform (horizon+1)-row slices of `task`'s episodes (PWM's start states)."""
+    def start_states(self, task: int | str, n: int, horizon: int = 16, generator: torch.Generator | None = None,
+                     with_actions: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(n, D): obs[0] of uniform (horizon+1)-row slices of `task`'s episodes (PWM's start states);
+        with_actions: also (n, A), the action the data took there (row 1's, as in `sample`)."""
         ep, start = self._draw(self.task_id(task), horizon, n, generator)
-        return self.obs[ep, start]
+        return (self.obs[ep, start], self.action[ep, start + 1]) if with_actions else self.obs[ep, start]
 
     # ---- statistics ----------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Per-task policy training through a pretrained multi-task world model (`flowpwm train-policy`),
 PWM's per-task protocol: the world model frozen (or fine-tuned with `policy.fine_tune`), a fresh
 actor and critic for one task, start states = obs[0] of random (H+1)-step slices of that task's
-episodes in the dataset. The env is never stepped for training; the real env (padded obs,
+episodes in the dataset (with `policy.bc_coef` > 0 the actor is also pulled toward the data's actions
+there: TD3+BC's behaviour term, against exploiting the model off the data). The env is never stepped for training; the real env (padded obs,
 masked actions) only evaluates the deterministic policy, every `policy.eval_every` iterations,
 and its normalised score is logged (dm_control: return / 1000).
 
@@ -193,7 +194,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
         agent.wm.requires_grad_(False)  # frozen: the actor's gradient flows through it, nothing updates it
     gen = torch.Generator().manual_seed(int(cfg.seed))
     esnr = ESNRTracker()
-    iterations, log_every = int(p.iterations), int(p.log_every)
+    iterations, log_every, bc_coef = int(p.iterations), int(p.log_every), float(p.bc_coef)
     epoch, iteration, wall_time, logged = 0, 0, 0.0, 0
     dims = {"kind": KIND, "task_set": ts.name, "task": task, "task_id": task_id, "obs_dim": ts.obs_dim,
             "action_dim": ts.action_dim, "num_tasks": len(ts), "episodic": pre.episodic}
@@ -250,6 +251,12 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
         def start_states(generator: torch.Generator) -> torch.Tensor:
             return data.start_states(task_id, int(cfg.alg.actor_batch_size), H, generator).to(agent.device)
 
+        def update_policy() -> dict[str, float]:
+            if not bc_coef:
+                return agent.update_policy(start_states(gen), task_id)
+            obs0, action0 = data.start_states(task_id, int(cfg.alg.actor_batch_size), H, gen, with_actions=True)
+            return agent.update_policy(obs0.to(agent.device), task_id, action0.to(agent.device), bc_coef)
+
         wandb = open_wandb(run.path, cfg, logged, {"eval_score": "max", "eval_return": "max", "esnr_db": "mean"})
         # epochs of log_every iterations (the last may be shorter), counted from where a resume starts
         epochs = epoch + total_epochs(max(iterations - iteration, 0), log_every)
@@ -261,7 +268,8 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
             f"train-policy: {cfg.alg.name} on {task} (task {task_id} of {ts.name}, action dims "
             f"{ts.action_dims[task_id]} of {ts.action_dim}), seed {cfg.seed}, device {cfg.device}; {iterations} "
             f"iterations of 1 actor update + {cfg.alg.critic_iterations}x{cfg.alg.critic_batches} critic minibatches"
-            + ("; world model fine-tuned" if p.fine_tune else "; world model frozen"),
+            + ("; world model fine-tuned" if p.fine_tune else "; world model frozen")
+            + (f"; behaviour term, bc_coef {bc_coef:g}" if bc_coef else ""),
             f"  pretrained {pre.path} (iteration {int(pre.checkpoint['iteration'])}): {agent.wm.kind}, "
             f"{parity_line(cfg.alg, ts, n_params, pre.episodic)}",
             flow_line(cfg.alg.world_model),
@@ -292,7 +300,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
                             b = masked_batch(agent, data, int(cfg.alg.wm_batch_size), gen)
                             wm_metrics = agent.update_world_model(b["obs"], b["action"], b["reward"], b["task"],
                                                                   b["terminated"] if pre.episodic else None)
-                        updates.append({**wm_metrics, **agent.update_policy(start_states(gen), task_id)})
+                        updates.append({**wm_metrics, **update_policy()})
                         iteration += 1
                     record = host_means(updates)
                     bad = sorted(k for k, v in record.items() if not math.isfinite(v))
