@@ -1,8 +1,8 @@
 """Multi-task offline PWM: action masks in the world model, `flowpwm data export` (exact round trip
 from a real run's buffer), `flowpwm pretrain` (preemption and resume), `flowpwm train-policy`
 (never steps a training env, evaluates in the real one, logs the normalised score),
-scripts/imagined_vs_real.py on a policy run, and one-line refusals of bad input before anything is
-written."""
+scripts/imagined_vs_real.py on a policy run, scripts/task_errors.py on a pretraining run, and
+one-line refusals of bad input before anything is written."""
 
 from __future__ import annotations
 
@@ -182,6 +182,23 @@ def test_pretraining_run_dir_records_the_dataset_and_held_out_errors(pretrained,
         assert "dataset_manifest_sha256" in json.loads(run.provenance.read_text())
         state = run.load_checkpoint()
         assert state["dims"]["kind"] == "pretrain" and state["dims"]["num_tasks"] == 6 and state["iteration"] == 6
+
+
+def test_task_errors_reports_each_task_of_the_data_and_refuses_other_runs(pretrained, dataset, tmp_path):
+    """scripts/task_errors.py: a row per task that has episodes, its real sums the data's own."""
+    from flowpwm.analysis.task_errors import load_pretrain_run, task_errors
+
+    agent, _ = load_pretrain_run(pretrained / "1_pwm_tiny_flow")
+    ds = load_dataset(dataset, "mt-mini")
+    (row,) = task_errors(agent, ds, slices=32, seed=5)
+    b = ds.sample(32, agent.horizon, torch.Generator().manual_seed(5), task="pendulum-spin")
+    assert (b["task"] == 3).all() and row["task"] == "pendulum-spin"
+    assert row["real"] == pytest.approx(b["reward"].sum(0).mean().item())
+    assert row["abs_error"] > 0 and row["low_slices"] <= 32
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "task_errors.py"
+    r = subprocess.run([sys.executable, str(script), str(dataset)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no checkpoint" in r.stderr and not r.stdout
 
 
 def test_pretraining_reads_tdmpc2_chunks_as_the_configs_task_set(tmp_path):

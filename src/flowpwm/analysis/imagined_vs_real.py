@@ -22,6 +22,7 @@ from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.envs.multitask import make_multitask_env
 from flowpwm.envs.tasksets import get_task_set
+from flowpwm.models.rollout import reward_sums
 from flowpwm.rundir import RunDir
 from flowpwm.training.policy import KIND as POLICY_KIND
 
@@ -60,18 +61,6 @@ def real_episodes(agent: PWM, env, task_id: int, seed: int):
     return torch.stack(o), torch.stack(a), torch.stack(r)
 
 
-@torch.no_grad()
-def model_sums(agent: PWM, z: torch.Tensor, task_id: int, actions: torch.Tensor | None, H: int) -> torch.Tensor:
-    """Predicted H-step reward sums from latents z (N, L): open loop with `actions` (H, N, A), or
-    (None) the deterministic policy acting on the model's own latents."""
-    total = torch.zeros(z.shape[0])
-    for t in range(H):
-        a = agent.wm.mask_action(agent.actor(z, True) if actions is None else actions[t], task_id)
-        total += agent.wm.reward_value(z, a, task_id).squeeze(-1)
-        z = agent.wm.next(z, a, task_id)
-    return total
-
-
 def imagined_vs_real(agent: PWM, dims: dict, iteration: int, episodes: int = 4, stride: int = 10,
                      seed: int = 0) -> dict:
     """For a `load_policy_run` result: the three H-step reward sums (one per start step and
@@ -89,8 +78,8 @@ def imagined_vs_real(agent: PWM, dims: dict, iteration: int, episodes: int = 4, 
         acts = torch.cat([actions[t:t + H] for t in starts], dim=1)  # (H, windows, A)
         return {"task": task, "iteration": iteration, "horizon": H, "steps": obs.shape[0],
                 "returns": rewards.sum(0), "real": torch.cat([rewards[t:t + H].sum(0) for t in starts]),
-                "model_real_actions": model_sums(agent, z, task_id, acts, H),
-                "model_policy": model_sums(agent, z, task_id, None, H)}
+                "model_real_actions": reward_sums(agent.wm, z, task_id, acts),
+                "model_policy": reward_sums(agent.wm, z, task_id, actor=agent.actor, horizon=H)}
 
 
 def format_report(path, d: dict) -> str:

@@ -94,10 +94,12 @@ class OfflineDataset:
         start = flat - (cum[k] - counts[k])
         return episodes[k], start
 
-    def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Uniform (H+1)-row slices, time-major: obs (H+1, B, D), action (H, B, A), reward and
-        terminated (H, B, 1), task (B,). Transition t = (obs[t], action[t], reward[t], obs[t+1])."""
-        ep, start = self._draw(None, horizon, batch_size, generator)
+    def sample(self, batch_size: int, horizon: int, generator: torch.Generator | None = None,
+               task: int | str | None = None) -> dict[str, torch.Tensor]:
+        """Uniform (H+1)-row slices (of one `task`'s episodes, or all), time-major: obs (H+1, B, D),
+        action (H, B, A), reward and terminated (H, B, 1), task (B,). Transition t = (obs[t],
+        action[t], reward[t], obs[t+1])."""
+        ep, start = self._draw(None if task is None else self.task_id(task), horizon, batch_size, generator)
         rows = start[None] + torch.arange(horizon + 1, device=self.device)[:, None]  # (H+1, B)
         ep_t, step = ep[None].expand_as(rows)[1:], rows[1:]  # TD-MPC2: action/reward of rows 1..H
         return {

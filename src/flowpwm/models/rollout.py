@@ -36,6 +36,19 @@ def open_loop_from_latents(wm, target: torch.Tensor, action: torch.Tensor,
 
 
 @torch.no_grad()
+def reward_sums(wm, z: torch.Tensor, task, actions: torch.Tensor | None = None, actor=None,
+                horizon: int | None = None) -> torch.Tensor:
+    """Predicted reward sums (N,) from latents z (N, L): open loop along `actions` (H, N, A), or with
+    `actor`'s mean action at each predicted latent for `horizon` steps (the rollout an actor trains on)."""
+    total = torch.zeros(z.shape[0], device=z.device)
+    for t in range(actions.shape[0] if actions is not None else horizon):
+        a = wm.mask_action(actor(z, True) if actions is None else actions[t], task)
+        total += wm.reward_value(z, a, task).squeeze(-1)
+        z = wm.next(z, a, task)
+    return total
+
+
+@torch.no_grad()
 def open_loop_errors(wm, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task=None) -> dict:
     """Roll a world model open-loop from encoder(obs[0]) along the recorded actions; the true
     latents are encoder(obs[h]). Returns what `open_loop_from_latents` does."""
