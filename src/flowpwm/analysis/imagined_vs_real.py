@@ -87,7 +87,8 @@ def format_report(path, d: dict) -> str:
     rows = [f"| real | {real.mean():.2f} | – | – |"]
     for name, key in (("model, real actions", "model_real_actions"), ("model, policy", "model_policy")):
         x = d[key]
-        rows.append(f"| {name} | {x.mean():.2f} | {(x - real).mean():+.2f} | {stats.pearsonr(x, real)[0]:.2f} |")
+        corr = f"{stats.pearsonr(x, real)[0]:.2f}" if real.std() > 0 and x.std() > 0 else "–"  # constant: undefined
+        rows.append(f"| {name} | {x.mean():.2f} | {(x - real).mean():+.2f} | {corr} |")
     return "\n".join([
         f"{path}: {d['task']}, iteration {d['iteration']}; {len(d['returns'])} real episodes of {d['steps']} steps, "
         f"return {d['returns'].mean():.1f}; {real.numel()} windows of H = {d['horizon']} steps", "",

@@ -5,7 +5,7 @@ A pretraining run's held-out errors are means over all tasks: one task the model
 hides among the rest, and shows only later, as policies that do not learn. For each task this
 draws `slices` (H+1)-step slices of its episodes and rolls the world model out open loop from the
 encoded first obs with the recorded actions: the H-step reward sum, real against predicted, in all
-slices and in the slices where the env paid little (under a quarter of the task's mean per step)."""
+slices and in the slices where the env paid little (under a quarter of the task's mean sum)."""
 
 from __future__ import annotations
 
