@@ -24,6 +24,7 @@ from flowpwm.envs.multitask import make_multitask_env
 from flowpwm.envs.tasksets import get_task_set
 from flowpwm.models.rollout import reward_sums
 from flowpwm.rundir import RunDir
+from flowpwm.training.offline_common import multitask_agent
 from flowpwm.training.policy import KIND as POLICY_KIND
 
 
@@ -39,8 +40,7 @@ def load_policy_run(path) -> tuple[PWM, dict, int]:
                         f"`flowpwm train-policy` run dir")
     cfg = OmegaConf.load(run.config)
     ts = get_task_set(dims["task_set"])
-    agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, "cpu", num_tasks=len(ts), action_dims=ts.action_dims,
-                perf=cfg.perf, episodic=dims["episodic"])
+    agent = multitask_agent(cfg.alg, ts, "cpu", cfg.perf, dims["episodic"])
     agent.load_state_dict(state["agent"])
     return agent, dims, int(state["iteration"])
 

@@ -21,7 +21,7 @@ from flowpwm.envs.tasksets import get_task_set
 from flowpwm.models.rollout import reward_sums
 from flowpwm.rundir import RunDir
 from flowpwm.training.offline import KIND as PRETRAIN_KIND
-from flowpwm.training.offline_common import load_data
+from flowpwm.training.offline_common import load_data, multitask_agent
 
 
 def load_pretrain_run(path) -> tuple[PWM, dict]:
@@ -35,8 +35,7 @@ def load_pretrain_run(path) -> tuple[PWM, dict]:
                         f"`flowpwm pretrain` run dir")
     cfg = OmegaConf.load(run.config)
     ts = get_task_set(state["dims"]["task_set"])
-    agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, "cpu", num_tasks=len(ts), action_dims=ts.action_dims,
-                perf=cfg.perf, episodic=bool(state["dims"]["episodic"]))
+    agent = multitask_agent(cfg.alg, ts, "cpu", cfg.perf, bool(state["dims"]["episodic"]))
     agent.wm.load_state_dict(state["agent"]["world_model"])
     return agent, OmegaConf.to_container(cfg, resolve=False)
 

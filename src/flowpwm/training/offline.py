@@ -28,6 +28,7 @@ from flowpwm.reproducibility import rng_state, set_rng_state, set_seed, write_ru
 from flowpwm.rundir import RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
 from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
+                                             multitask_agent,
                                              manifest_file, open_wandb, parity_line, resume_changes, split_held_out,
                                              total_epochs)
 from flowpwm.training.online import rss_mib
@@ -93,8 +94,7 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
     run_dir, resumed = resolve_run_dir(cfg, run_dir, log)
     changes = resume_changes(RunDir(run_dir), cfg, RESUMABLE) if resumed else {}
     set_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
-    agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
-                perf=cfg.perf, episodic=episodic)
+    agent = multitask_agent(cfg.alg, ts, cfg.device, cfg.perf, episodic)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     iterations, log_every = int(p.iterations), int(p.log_every)
     epoch, iteration, wall_time, logged = 0, 0, 0.0, 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.data.dataset import OfflineDataset, load_episodes
 from flowpwm.data.episodes import Episodes
@@ -33,6 +34,12 @@ def load_data(path, ts: TaskSet, manifest=None, key: str = "data.path") -> tuple
         return load_episodes(path, ts, manifest)
     except UserError as e:
         raise UserError(f"{key}={path}: {e}") from None
+
+
+def multitask_agent(alg, ts: TaskSet, device, perf, episodic: bool) -> PWM:
+    """A PWM agent sized for task set `ts`: padded obs and actions, one task id per task, masks."""
+    return PWM(alg, ts.obs_dim, ts.action_dim, device, num_tasks=len(ts), action_dims=ts.action_dims, perf=perf,
+               episodic=episodic)
 
 
 def subset(episodes: Episodes, index: torch.Tensor) -> Episodes:

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flowpwm.algorithms.pwm import PWM
 from flowpwm.config import UserError
 from flowpwm.data.dataset import OfflineDataset
 from flowpwm.envs.multitask import make_multitask_env
@@ -36,6 +35,7 @@ from flowpwm.rundir import PRETRAINED, RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
 from flowpwm.training.offline import KIND as PRETRAIN_KIND, masked_batch
 from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
+                                             multitask_agent,
                                              manifest_file, open_wandb, parity_line, resume_changes, subset,
                                              total_epochs)
 from flowpwm.training.online import ESNR_KEYS, rss_mib
@@ -182,8 +182,7 @@ def train_policy(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream
         eval_env.close()
         raise
     set_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
-    agent = PWM(cfg.alg, ts.obs_dim, ts.action_dim, cfg.device, num_tasks=len(ts), action_dims=ts.action_dims,
-                perf=cfg.perf, episodic=pre.episodic)
+    agent = multitask_agent(cfg.alg, ts, cfg.device, cfg.perf, pre.episodic)
     try:
         agent.wm.load_state_dict(pre.checkpoint["agent"]["world_model"])
     except (RuntimeError, KeyError) as e:
