@@ -381,6 +381,10 @@ def test_imagined_vs_real_reads_the_eval_policys_real_episodes_and_refuses_other
     assert d["returns"].tolist() == pytest.approx(returns, rel=1e-5)  # float32 sums, another order
     assert d["real"].view(-1, 2).sum(0).tolist() == pytest.approx(d["returns"].tolist(), rel=1e-5)
     assert d["model_real_actions"].shape == d["model_policy"].shape == d["real"].shape == (250,)
+    # A rollout's first reward is the reward head on the real state: with 1-step windows the two agree.
+    one = imagined_vs_real(*policy, episodes=2, stride=4, seed=7, horizon=1)
+    assert one["model_real_states"].tolist() == pytest.approx(one["model_real_actions"].tolist(), abs=1e-6)
+    assert d["model_real_states"].shape == (250,) and not torch.equal(d["model_real_states"], d["model_real_actions"])
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "imagined_vs_real.py"
     r = subprocess.run([sys.executable, str(script), str(pretrained / "0_pwm_tiny")], capture_output=True,
