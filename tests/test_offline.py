@@ -177,6 +177,9 @@ def test_pretraining_run_dir_records_the_dataset_and_held_out_errors(pretrained,
         records = run.records()
         assert [r["epoch"] for r in records] == [1, 2, 3] and [r["iteration"] for r in records] == [2, 4, 6]
         assert all("heldout_latent_mse_h4" in r and "heldout_reward_err_h1" in r for r in records)
+        # One task in the data: its own held-out reward error is the whole batch's.
+        assert all(r["heldout_reward_err_h4_pendulum-spin"] == pytest.approx(r["heldout_reward_err_h4"], rel=1e-5)
+                   for r in records)
         manifest = json.loads((run.path / "dataset_manifest.json").read_text())
         assert manifest["files"].keys() == {"chunk_000.safetensors"}
         assert "dataset_manifest_sha256" in json.loads(run.provenance.read_text())

@@ -56,7 +56,9 @@ def masked_batch(agent: PWM, ds: OfflineDataset, batch_size: int, generator: tor
 @torch.no_grad()
 def held_out_metrics(agent: PWM, held: OfflineDataset, batch_size: int, seed: int, episodic: bool) -> dict[str, float]:
     """World-model losses and the open-loop latent / reward error at steps 1 and H on held-out
-    slices. Its own generator and a forked RNG: training's random streams are untouched."""
+    slices, and the step-H reward error of each task in them (`heldout_reward_err_hH_TASK`: a task
+    whose reward the model has not learned hides in the mean over tasks). Its own generator and a
+    forked RNG: training's random streams are untouched."""
     H = agent.horizon
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -64,10 +66,26 @@ def held_out_metrics(agent: PWM, held: OfflineDataset, batch_size: int, seed: in
         _, losses = agent.compute_wm_loss(b["obs"], b["action"], b["reward"], b["task"],
                                           b["terminated"] if episodic else None)
         err = open_loop_errors(agent.wm, b["obs"], b["action"], b["reward"], b["task"])
+        per_task = {}
+        for task_id in b["task"].unique().tolist():
+            m = b["task"] == task_id
+            e = open_loop_errors(agent.wm, b["obs"][:, m], b["action"][:, m], b["reward"][:, m], b["task"][m])
+            per_task[f"heldout_reward_err_h{H}_{held.meta.tasks[task_id]}"] = e["reward_abs_err"][-1]
     out = {f"heldout_{k}": float(v) for k, v in losses.items()}
     out.update({"heldout_latent_mse_h1": err["latent_mse"][0], f"heldout_latent_mse_h{H}": err["latent_mse"][-1],
-                "heldout_reward_err_h1": err["reward_abs_err"][0], f"heldout_reward_err_h{H}": err["reward_abs_err"][-1]})
+                "heldout_reward_err_h1": err["reward_abs_err"][0], f"heldout_reward_err_h{H}": err["reward_abs_err"][-1],
+                **per_task})
     return out
+
+
+def worst_task(record: dict, horizon: int) -> str:
+    """The held-out line's note on the task with the largest step-H reward error (multi-task data)."""
+    prefix = f"heldout_reward_err_h{horizon}_"
+    per_task = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+    if len(per_task) < 2:
+        return ""
+    task = max(per_task, key=per_task.get)
+    return f" (worst: {task} {per_task[task]:.3f})"
 
 
 def precheck(cfg: DictConfig) -> None:
@@ -177,7 +195,8 @@ def pretrain(cfg: DictConfig, run_dir: Path | str, log=print, monitor_stream=Non
                         monitor.write(f"  iteration {iteration:6d}  wm {record['wm_loss']:.4f}  held out: wm "
                                       f"{record['heldout_wm_loss']:.4f}  latent mse h1 {record['heldout_latent_mse_h1']:.2e} "
                                       f"h{H} {record[f'heldout_latent_mse_h{H}']:.2e}  reward err h{H} "
-                                      f"{record[f'heldout_reward_err_h{H}']:.3f}  ({time.perf_counter() - start:.0f}s)")
+                                      f"{record[f'heldout_reward_err_h{H}']:.3f}{worst_task(record, H)}  "
+                                      f"({time.perf_counter() - start:.0f}s)")
                     wall_time = time.perf_counter() - start
                     record = {"epoch": epoch, "iteration": iteration, "samples": iteration * int(p.batch_size),
                               "wall_time": wall_time, "rss_mib": rss_mib(), **record}
