@@ -77,9 +77,9 @@ def imagined_vs_real(agent: PWM, dims: dict, iteration: int, episodes: int = 4, 
         env.close()
     starts = range(0, obs.shape[0] - H + 1, stride)
     with torch.no_grad():
-        one_step = agent.wm.reward_value(agent.wm.encode(obs, task_id), agent.wm.mask_action(actions, task_id),
-                                         task_id).squeeze(-1)  # (T, E)
-        z = torch.cat([agent.wm.encode(obs[t], task_id) for t in starts])
+        encoded = agent.wm.encode(obs, task_id)  # (T, E, L): every real state, encoded once
+        one_step = agent.wm.reward_value(encoded, agent.wm.mask_action(actions, task_id), task_id).squeeze(-1)
+        z = torch.cat([encoded[t] for t in starts])
         acts = torch.cat([actions[t:t + H] for t in starts], dim=1)  # (H, windows, A)
         return {"task": task, "iteration": iteration, "horizon": H, "steps": obs.shape[0],
                 "returns": rewards.sum(0), "real": torch.cat([rewards[t:t + H].sum(0) for t in starts]),

@@ -35,9 +35,8 @@ from flowpwm.rundir import PRETRAINED, RunDir, RunWriter, damaged_note
 from flowpwm.schema import check_offline_config
 from flowpwm.training.offline import KIND as PRETRAIN_KIND, masked_batch
 from flowpwm.training.offline_common import (IterationMonitor, check_slices, crossed, flow_line, load_data,
-                                             multitask_agent,
-                                             manifest_file, open_wandb, parity_line, resume_changes, subset,
-                                             total_epochs)
+                                             manifest_file, multitask_agent, open_wandb, parity_line, resume_changes,
+                                             subset, total_epochs)
 from flowpwm.training.online import ESNR_KEYS, rss_mib
 from flowpwm.training.preemption import EXIT_REQUEUE, Preempted, StopSignals
 from flowpwm.training.resume import describe_changes, history_entry, resolve_run_dir
